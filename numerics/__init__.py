@@ -1,0 +1,22 @@
+"""numerics: how accurately normalization layers compute their mean and variance.
+
+Every statistic is subset x update rule x reduction topology x precision x Bessel correction
+(ARCHITECTURE.md section 1). The public API:
+
+- ``moments(x, norm, ...)``: the statistics, on the CPU or the GPU, with a record of what ran;
+- ``ALGORITHMS``, ``TOPOLOGIES``, ``Topology``: the rules and reduction orders;
+- ``reference``, ``metrics``, ``bounds``, ``data``, ``nist``: exact references, error measures,
+  a-priori bounds, seeded inputs and the NIST StRD data (import them as submodules).
+"""
+from . import cache as _cache
+
+_cache.install()
+
+from .algorithms import ALGORITHMS  # noqa: E402
+from .precision import FORMATS, unit_roundoff  # noqa: E402
+from .statistics import Moments, Run, moments  # noqa: E402
+from .subsets import LAYOUTS, NORMS, canonical_view  # noqa: E402
+from .topology import DEFAULT_TOPOLOGY, TOPOLOGIES, Topology  # noqa: E402
+
+__all__ = ["ALGORITHMS", "DEFAULT_TOPOLOGY", "FORMATS", "LAYOUTS", "NORMS", "TOPOLOGIES", "Moments",
+           "Run", "Topology", "canonical_view", "moments", "unit_roundoff"]
