@@ -12,11 +12,12 @@ from . import cache as _cache
 
 _cache.install()
 
+from . import bounds, data, metrics, nist, reference, replay  # noqa: E402
 from .algorithms import ALGORITHMS  # noqa: E402
 from .precision import FORMATS, unit_roundoff  # noqa: E402
 from .statistics import Moments, Run, moments  # noqa: E402
 from .subsets import LAYOUTS, NORMS, canonical_view  # noqa: E402
 from .topology import DEFAULT_TOPOLOGY, TOPOLOGIES, Topology  # noqa: E402
 
-__all__ = ["ALGORITHMS", "DEFAULT_TOPOLOGY", "FORMATS", "LAYOUTS", "NORMS", "TOPOLOGIES", "Moments",
+__all__ = ["bounds", "data", "metrics", "nist", "reference", "replay", "ALGORITHMS", "DEFAULT_TOPOLOGY", "FORMATS", "LAYOUTS", "NORMS", "TOPOLOGIES", "Moments",
            "Run", "Topology", "canonical_view", "moments", "unit_roundoff"]

@@ -67,7 +67,7 @@ def float16_bits_to_float32(bits):
     if exponent == np.uint32(0):
         # subnormal or zero: m * 2**-24 is exact in float32
         magnitude = np.float32(mantissa) * np.float32(5.9604644775390625e-08)
-        return np.uint32(magnitude.view(np.uint32) | sign).view(np.float32)
+        return np.uint32(np.float32(magnitude).view(np.uint32) | sign).view(np.float32)
     if exponent == np.uint32(31):
         return np.uint32(sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13))).view(np.float32)
     return np.uint32(sign | ((exponent + np.uint32(112)) << np.uint32(23))
@@ -84,7 +84,7 @@ def round_float32_to_bfloat16(value):
     value = np.float32(value)
     if value != value:
         return value
-    bits = value.view(np.uint32)
+    bits = np.float32(value).view(np.uint32)
     lowest_kept = (bits >> np.uint32(16)) & np.uint32(1)
     bits = (bits + np.uint32(0x7FFF) + lowest_kept) & np.uint32(0xFFFF0000)
     return np.uint32(bits).view(np.float32)
@@ -96,7 +96,7 @@ def round_float32_to_float16(value):
     value = np.float32(value)
     if value != value:
         return value
-    bits = value.view(np.uint32)
+    bits = np.float32(value).view(np.uint32)
     sign = bits & np.uint32(0x80000000)
     magnitude = np.uint32(bits & np.uint32(0x7FFFFFFF)).view(np.float32)
     if magnitude >= np.float32(65520.0):
@@ -106,7 +106,7 @@ def round_float32_to_float16(value):
         # float16 subnormal range: quantum 2**-24, which is ulp(0.5) in float32, so adding and
         # removing 0.5 rounds to a multiple of it, ties to even
         rounded = (magnitude + np.float32(0.5)) - np.float32(0.5)
-        return np.uint32(rounded.view(np.uint32) | sign).view(np.float32)
+        return np.uint32(np.float32(rounded).view(np.uint32) | sign).view(np.float32)
     magnitude_bits = bits & np.uint32(0x7FFFFFFF)
     lowest_kept = (magnitude_bits >> np.uint32(13)) & np.uint32(1)
     magnitude_bits = (magnitude_bits + np.uint32(0xFFF) + lowest_kept) & np.uint32(0xFFFFE000)

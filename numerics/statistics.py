@@ -91,6 +91,8 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu" and device_options:
         raise TypeError(f"unexpected keyword arguments for device='cpu': {sorted(device_options)}")
+    if device == "cpu" and not isinstance(x, np.ndarray):
+        raise ValueError("x is a device array: pass device='cuda', or copy it to the host first")
 
     kernel_input, kernel_format = kernel_input_of(x, input_format, acc_format)
     x4 = kernel_input.reshape(view.view_shape)
@@ -108,13 +110,20 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     if view.group_size - ddof <= 0:
         warnings.warn(f"degrees of freedom <= 0: each group has {view.group_size} element(s) and "
                       f"ddof={ddof}; the variance is NaN", RuntimeWarning, stacklevel=2)
-        variances[:] = np.nan
-    report_overflow(x4, means, variances, kernel_format)
-    if clamp:
-        variances = np.maximum(variances, 0)  # NaN stays NaN
-    output_dtype = precision.NUMPY_DTYPES[acc_format]
-    mean = means.astype(output_dtype).reshape(view.stats_shape)
-    var = variances.astype(output_dtype).reshape(view.stats_shape)
+    if not isinstance(means, np.ndarray):
+        # device arrays in, device arrays out, in the compute dtype (chained work, no copy back);
+        # the GPU kernels already wrote NaN where n - ddof <= 0
+        mean = means.reshape(view.stats_shape)
+        var = (gpu.clamped(variances) if clamp else variances).reshape(view.stats_shape)
+    else:
+        report_overflow(x4, means, variances, kernel_format)
+        if view.group_size - ddof <= 0:
+            variances[:] = np.nan
+        if clamp:
+            variances = np.maximum(variances, 0)  # NaN stays NaN
+        output_dtype = precision.NUMPY_DTYPES[acc_format]
+        mean = means.astype(output_dtype).reshape(view.stats_shape)
+        var = variances.astype(output_dtype).reshape(view.stats_shape)
     run = Run(algorithm, resolved_topology, input_format, acc_format, ddof, clamp, device, norm,
               groups, layout, tuple(x.shape), view.group_size, kernel, tuple(details))
     return Moments(mean, var, run)
@@ -134,10 +143,14 @@ def kernel_input_of(x, input_format, acc_format):
     """The C-contiguous array the kernels read and its format. Input wider than the accumulator is
     rounded to the accumulator's format here, once (a float64 value rounded to float32 inside the
     kernel is one rounding too; only float64 -> 16-bit needs the host to avoid double rounding)."""
+    on_device = hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
     if input_format == "float64" and acc_format in ("float16", "bfloat16"):
+        if on_device:
+            raise ValueError(f"a float64 device array with acc_dtype={acc_format!r}: convert x to "
+                             f"{acc_format} first (the host conversion avoids double rounding)")
         x = precision.convert(x, acc_format)
         input_format = acc_format
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+    if on_device:
         return x, input_format
     x = np.ascontiguousarray(x)
     if input_format in ("float16", "bfloat16"):
@@ -145,7 +158,7 @@ def kernel_input_of(x, input_format, acc_format):
     return x, input_format
 
 
-def report_overflow(x4, means, variances, kernel_format):
+def report_overflow(x4, means, variances, input_format):
     """Warn when a group of finite inputs produced a non-finite statistic: the accumulator
     overflowed (squares of float16 data past 65504, say). The value stays Inf/NaN, never a finite
     wrong number."""

@@ -28,16 +28,18 @@ ROUNDERS = {
 }
 
 
-def scalar_functions(decorate, input_format, acc_format, fused_mul_add=None):
+def scalar_functions(decorate, input_format, acc_format, products=None):
     """Every scalar function a kernel needs for one (input format, accumulator format), each passed
-    through ``decorate``. ``fused_mul_add`` replaces the two-rounding multiply-add (a GPU build that
-    fuses); the CPU never fuses."""
+    through ``decorate``. ``products(compute_type, rnd)`` returns plain ``(mul, mul_add)`` functions
+    that replace the two-rounding ones of algorithms.arithmetic (a GPU build: products the compiler
+    may not contract, or fused multiply-adds, ARCHITECTURE.md trap 2); the CPU never fuses."""
     compute_type = precision.COMPUTE_DTYPES[acc_format].type
     rnd = decorate(ROUNDERS[acc_format])
     decode = decorate(INPUT_DECODERS[input_format])
-    to_acc, mul, mul_add = (decorate(function) for function in algorithms.arithmetic(compute_type, rnd))
-    if fused_mul_add is not None:
-        mul_add = fused_mul_add
+    to_acc, mul, mul_add = algorithms.arithmetic(compute_type, rnd)
+    if products is not None:
+        mul, mul_add = products(compute_type, rnd)
+    to_acc, mul, mul_add = decorate(to_acc), decorate(mul), decorate(mul_add)
     functions = algorithms.rules(to_acc, rnd, mul, mul_add, compile=decorate)
 
     def load(raw):
@@ -53,7 +55,7 @@ def scalar_functions(decorate, input_format, acc_format, fused_mul_add=None):
 
 def cpu_inline(function):
     from numba import njit
-    return njit(inline="always")(function)
+    return njit(function)
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,9 +68,80 @@ def cpu_kernel(function):
     """A CPU driver: parallel over fixed work units, cached on disk (numerics.cache keys the cache
     on the package sources, ARCHITECTURE.md trap 5)."""
     from numba import njit
-    return njit(parallel=True, cache=True)(function)
+    return njit(parallel=False, cache=True, nogil=True)(function)
 
 
 def cpu_serial(function):
     from numba import njit
     return njit(cache=True)(function)
+
+
+# ---- GPU --------------------------------------------------------------------------------------
+
+#: how a GPU build treats ``c + a*b`` (ARCHITECTURE.md trap 2): "separate" rounds the product and
+#: the sum apart, exactly as the CPU does; "fused" rounds once, with an FMA at every mul_add site.
+FMA_MODES = ("separate", "fused")
+
+
+def gpu_products(fma):
+    """``products`` for scalar_functions on the GPU. NVVM contracts a plain ``a*b + c`` into an FMA
+    even without fastmath, so every product goes through libdevice's ``fmul_rn``/``dmul_rn``: a
+    multiply with an explicit rounding mode, which neither NVVM nor ptxas fuses. Only "fused"
+    writes FMAs (``cuda.fma``), at the mul_add sites and nowhere else.
+
+    numba-cuda's simulator has no libdevice (its functions are stubs there) and its ``cuda.fma`` is
+    ``a*b + c``: it runs Python arithmetic, which never contracts. There the products are plain
+    Python products, the same correctly rounded operation, and "fused" computes what the
+    simulator's FMA computes, two roundings; only the PTX shows the fusion (numerics.gpu_compile)."""
+    from numba import config, cuda
+    from numba.cuda import libdevice
+    if fma not in FMA_MODES:
+        raise ValueError(f"fma must be one of {FMA_MODES}, got {fma!r}")
+    simulated = config.ENABLE_CUDASIM
+
+    def products(compute_type, rnd):
+        if simulated:
+            def product(a, b):
+                return a * b
+
+            def fused_multiply_add(a, b, c):
+                return a * b + c
+        else:
+            product = libdevice.fmul_rn if compute_type is np.float32 else libdevice.dmul_rn
+            fused_multiply_add = cuda.fma
+
+        def mul(a, b):
+            return rnd(product(a, b))
+
+        if fma == "fused":
+            def mul_add(a, b, c):
+                return rnd(fused_multiply_add(a, b, c))
+        else:
+            def mul_add(a, b, c):
+                return rnd(rnd(product(a, b)) + c)
+        return mul, mul_add
+
+    return products
+
+
+def gpu_inline(function):
+    """A GPU device function, inlined into its caller. Undecorated helpers pass in the simulator but
+    fail in real NVVM (ARCHITECTURE.md section 2), so every helper a kernel calls goes through here.
+    The inlining is LLVM's (``forceinline``), not numba's (``inline="always"``): numba's IR inlining
+    copies the callee's IR at every call site and re-types it, which took 10 to 40 s per kernel
+    here; this way each device function is compiled once per signature and NVVM inlines it."""
+    from numba import cuda
+    return cuda.jit(device=True, forceinline=True)(function)
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_scalar_functions(input_format, acc_format, fma):
+    """The scalar functions compiled as GPU device functions, with the FMA mode ``fma``."""
+    return scalar_functions(gpu_inline, input_format, acc_format, products=gpu_products(fma))
+
+
+def gpu_kernel(function):
+    """A GPU kernel (numba.cuda.jit). No fastmath (ARCHITECTURE.md trap 3): it would also turn on
+    NVVM's FMA contraction and approximate division."""
+    from numba import cuda
+    return cuda.jit(function)

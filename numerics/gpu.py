@@ -1,0 +1,557 @@
+"""GPU kernels (numba.cuda) realising the reduction order of numerics.topology, and their launcher.
+
+The rules are the scalar functions of algorithms.py, compiled as CUDA device functions by
+targets.py (ARCHITECTURE.md section 2): this module only walks memory and merges states, in the
+order the Topology defines, so ``moments(..., device="cpu", topology=t)`` replays a GPU run with
+topology ``t`` bit for bit (with ``fma="separate"``). A GPU run with ``Topology(lanes=T, block=B)``:
+
+1. a *unit* is one block of B consecutive elements of one group; its T lanes run on T threads:
+   thread t pushes elements j = t, t + T, t + 2T, ... of the unit in order (the CPU lane rule);
+2. the unit's T lane states merge in shared memory by the topology's lane tree: halving inside each
+   warp of 32 lanes (shuffle-down order), then halving over the warp results. The tree runs on
+   shared memory with block barriers, not on warp shuffles: numba-cuda's simulator has no
+   ``shfl_*_sync``, and the merges happen once per unit, outside the streaming loop;
+3. a second kernel merges each group's unit states by the adjacent pairwise tree, level by level,
+   and finalizes. No atomics anywhere, so the same input gives the same bits on every run.
+
+Two kernels stream the input, like the CPU's (numerics.cpu.kernel_for picks one, by the same rule):
+
+- ``segments``: a CUDA block holds ``threads_per_block // T`` units (at least one), each on its own
+  T threads. Consecutive threads read consecutive elements of a group: coalesced wherever groups are
+  contiguous runs (channels first, LayerNorm).
+- ``rows``: channels last, where groups interleave in memory (``reduced_inner`` divides T). A
+  CUDA block takes one block of rows and a tile of whole groups side by side; lane
+  ``r * reduced_inner + q`` of a group owns rows r, r + T/reduced_inner, ... of column q, and
+  consecutive threads take consecutive columns, so a warp reads contiguous memory.
+
+Index arithmetic is 64-bit throughout (``element_offset``/``advance`` below; every operand is an
+int64 in the kernels): tensors may pass 2**31 elements. ``fma`` (targets.FMA_MODES) says whether the
+multiply-adds of the rules are fused (ARCHITECTURE.md trap 2); it is recorded in every Run.
+
+Importing this module needs neither a GPU nor the CUDA toolkit; ``moments`` without a GPU raises
+NoGPUError, which names the simulator (NUMBA_ENABLE_CUDASIM=1).
+"""
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import algorithms, precision, targets
+from .cpu import ROWS, SEGMENTS, kernel_for
+from .topology import WARP_SIZE, Topology
+
+try:
+    # module-level global on purpose: the simulator swaps the global named ``cuda`` of a kernel's
+    # module for its fake one, which is how cuda.shared and cuda.syncthreads work there
+    from numba import config as numba_config
+    from numba import cuda
+except ImportError:  # numba-cuda is the optional "gpu" extra; moments() explains
+    cuda = None
+
+#: GPU reduction orders (any Topology runs; these are the ones worth a name). "gpu_fast" is the
+#: fast order of every rule: one warp per unit, units of 1024 elements, so even a channels-last
+#: BatchNorm of (32, 256, 56, 56) launches about 800 CUDA blocks of 256 threads, and a warp of the
+#: rows kernel reads 32 consecutive channels.
+TOPOLOGIES = {
+    "gpu_fast": Topology(32, 1024, "gpu_fast"),
+    "gpu_block256": Topology(256, 8192, "gpu_block256"),
+    "gpu_block1024": Topology(1024, 16384, "gpu_block1024"),
+}
+FAST_TOPOLOGY = "gpu_fast"
+
+#: lane states a CUDA block keeps in shared memory (the topology allows at most 1024 lanes)
+STATE_CAPACITY = 1024
+DEFAULT_THREADS_PER_BLOCK = 256
+#: threads of the CUDA block that merges one group's unit states
+FINISH_THREADS = 128
+
+
+class NoGPUError(RuntimeError):
+    """device="cuda" on a machine where numba.cuda finds no GPU."""
+
+
+def require_gpu():
+    """Raise NoGPUError (saying what to do instead) unless a GPU or the simulator can run kernels."""
+    if cuda is None:
+        raise NoGPUError("device='cuda' needs numba-cuda, which is not installed: "
+                         "pip install -e '.[gpu]' (or use device='cpu')")
+    if numba_config.ENABLE_CUDASIM:
+        return
+    if not cuda.is_available():
+        raise NoGPUError(
+            "device='cuda' needs an NVIDIA GPU with a working driver, and numba.cuda finds none on "
+            "this machine. To run the GPU kernels without a GPU, set NUMBA_ENABLE_CUDASIM=1 before "
+            "importing numerics (numba-cuda's simulator: slow, for small tensors); "
+            "device='cpu' with the same topology replays the GPU's reduction order exactly.")
+
+
+# ---- 64-bit index arithmetic (plain functions: compiled by targets.gpu_inline, tested in Python
+# ---- on shapes past 2**31 elements)
+
+def element_offset(k1, k2, i, reduced_outer, kept_inner, reduced_inner):
+    """(flat offset, q) of element ``i`` of group (k1, k2) of the C-contiguous canonical view
+    (K1, P, K2, Q), with i counted in topology order (p = i // Q slow, q = i mod Q fast)."""
+    p = i // reduced_inner
+    q = i - p * reduced_inner
+    return ((k1 * reduced_outer + p) * kept_inner + k2) * reduced_inner + q, q
+
+
+def advance(offset, q, step_q, jump, reduced_inner, carry):
+    """(offset, q) of element i + step from those of element i, with additions only: a 64-bit
+    division per element would cost more than the load. For step = s_p * Q + step_q (step_q < Q)
+    and row stride R = K2 * Q: jump = s_p * R + step_q, and carry = R - Q when q wraps."""
+    q += step_q
+    offset += jump
+    if q >= reduced_inner:
+        q -= reduced_inner
+        offset += carry
+    return offset, q
+
+
+def stepping(step, kept_inner, reduced_inner):
+    """(step_q, jump, carry) of ``advance`` for a stride of ``step`` elements of a group."""
+    row_stride = kept_inner * reduced_inner
+    step_rows = step // reduced_inner
+    step_q = step - step_rows * reduced_inner
+    return step_q, step_rows * row_stride + step_q, row_stride - reduced_inner
+
+
+# ---- the two merge trees, run in parallel by the threads of a CUDA block --------------------------
+
+def lane_tree(merge):
+    """``merge_sets(counts, firsts, seconds, sets, lanes, thread, threads)``: merge each of ``sets``
+    consecutive sets of ``lanes`` states (shared arrays) by the lane tree of topology.lane_merger;
+    set s ends in slot s * lanes. The threads share each level's merges; every thread of the CUDA
+    block must call it (it synchronizes the block)."""
+
+    def merge_sets(counts, firsts, seconds, sets, lanes, thread, threads):
+        cuda.syncthreads()
+        width = lanes if lanes <= WARP_SIZE else WARP_SIZE
+        segments = lanes // width
+        # inside each warp segment: lane t takes lane t + offset, for t < offset
+        offset = width // 2
+        while offset >= 1:
+            for item in range(thread, sets * segments * offset, threads):
+                segment = item // offset
+                a = segment * width + (item - segment * offset)
+                b = a + offset
+                counts[a], firsts[a], seconds[a] = merge(counts[a], firsts[a], seconds[a],
+                                                         counts[b], firsts[b], seconds[b])
+            cuda.syncthreads()
+            offset //= 2
+        # over the warp results (slot s * lanes + w * width): warp w takes warp w + offset
+        offset = segments // 2
+        while offset >= 1:
+            for item in range(thread, sets * offset, threads):
+                s = item // offset
+                a = s * lanes + (item - s * offset) * width
+                b = a + offset * width
+                counts[a], firsts[a], seconds[a] = merge(counts[a], firsts[a], seconds[a],
+                                                         counts[b], firsts[b], seconds[b])
+            cuda.syncthreads()
+            offset //= 2
+
+    return merge_sets
+
+
+def block_tree(merge):
+    """``merge_units(counts, firsts, seconds, base, units, thread, threads)``: merge the ``units``
+    states at base, base + 1, ... (global arrays) by the adjacent pairwise tree of
+    topology.block_merger, the threads sharing each level; the result ends at ``base``."""
+
+    def merge_units(counts, firsts, seconds, base, units, thread, threads):
+        step = 1
+        while step < units:
+            pairs = (units - step + 2 * step - 1) // (2 * step)
+            for pair in range(thread, pairs, threads):
+                a = base + pair * 2 * step
+                b = a + step
+                counts[a], firsts[a], seconds[a] = merge(counts[a], firsts[a], seconds[a],
+                                                         counts[b], firsts[b], seconds[b])
+            # block barrier: makes the level's global writes visible to the next level's readers
+            cuda.syncthreads()
+            step *= 2
+
+    return merge_units
+
+
+# ---- kernels -------------------------------------------------------------------------------------
+
+def compute_type_of(acc_format):
+    return precision.COMPUTE_DTYPES[acc_format].type
+
+
+@functools.lru_cache(maxsize=None)
+def reduction_kernels(family, input_format, acc_format, fma):
+    """The two streaming kernels of one family of rules: each writes one state per unit."""
+    scalar = targets.gpu_scalar_functions(input_format, acc_format, fma)
+    push_name, merge_name = algorithms.push_and_merge(family)
+    push = scalar[push_name]
+    load = scalar["load"]
+    to_acc = scalar["to_acc"]
+    merge_sets = targets.gpu_inline(lane_tree(scalar[merge_name]))
+    offset_of = targets.gpu_inline(element_offset)
+    step = targets.gpu_inline(advance)
+    steps = targets.gpu_inline(stepping)
+    compute_type = compute_type_of(acc_format)
+
+    def reduce_segments(x, centers, reduced_outer, kept_inner, reduced_inner, size, block, blocks,
+                        units, lanes, out_counts, out_firsts, out_seconds):
+        counts = cuda.shared.array(STATE_CAPACITY, np.int64)
+        firsts = cuda.shared.array(STATE_CAPACITY, compute_type)
+        seconds = cuda.shared.array(STATE_CAPACITY, compute_type)
+        thread = np.int64(cuda.threadIdx.x)
+        threads = np.int64(cuda.blockDim.x)
+        sets = threads // lanes
+        local_unit = thread // lanes
+        lane = thread - local_unit * lanes
+        unit = np.int64(cuda.blockIdx.x) * sets + local_unit
+        count = 0
+        first = to_acc(0)
+        second = to_acc(0)
+        if unit < units:
+            group = unit // blocks
+            start = (unit - group * blocks) * block
+            stop = min(start + block, size)
+            k1 = group // kept_inner
+            k2 = group - k1 * kept_inner
+            center = centers[group]
+            step_q, jump, carry = steps(lanes, kept_inner, reduced_inner)
+            i = start + lane
+            offset, q = offset_of(k1, k2, i, reduced_outer, kept_inner, reduced_inner)
+            # four independent loads in flight per thread, then the pushes in element order
+            while i + 3 * lanes < stop:
+                offset_2, q = step(offset, q, step_q, jump, reduced_inner, carry)
+                offset_3, q = step(offset_2, q, step_q, jump, reduced_inner, carry)
+                offset_4, q = step(offset_3, q, step_q, jump, reduced_inner, carry)
+                value_1 = x[offset]
+                value_2 = x[offset_2]
+                value_3 = x[offset_3]
+                value_4 = x[offset_4]
+                count, first, second = push(count, center, first, second, load(value_1))
+                count, first, second = push(count, center, first, second, load(value_2))
+                count, first, second = push(count, center, first, second, load(value_3))
+                count, first, second = push(count, center, first, second, load(value_4))
+                offset, q = step(offset_4, q, step_q, jump, reduced_inner, carry)
+                i += 4 * lanes
+            while i < stop:
+                count, first, second = push(count, center, first, second, load(x[offset]))
+                offset, q = step(offset, q, step_q, jump, reduced_inner, carry)
+                i += lanes
+        counts[thread] = count
+        firsts[thread] = first
+        seconds[thread] = second
+        merge_sets(counts, firsts, seconds, sets, lanes, thread, threads)
+        if lane == 0 and unit < units:
+            out_counts[unit] = counts[thread]
+            out_firsts[unit] = firsts[thread]
+            out_seconds[unit] = seconds[thread]
+
+    def reduce_rows(x, centers, reduced_outer, kept_inner, reduced_inner, block_rows, blocks, tiles,
+                    tile_width, lanes, out_counts, out_firsts, out_seconds):
+        counts = cuda.shared.array(STATE_CAPACITY, np.int64)
+        firsts = cuda.shared.array(STATE_CAPACITY, compute_type)
+        seconds = cuda.shared.array(STATE_CAPACITY, compute_type)
+        thread = np.int64(cuda.threadIdx.x)
+        threads = np.int64(cuda.blockDim.x)
+        row_length = kept_inner * reduced_inner
+        lane_rows = lanes // reduced_inner
+        jump = lane_rows * row_length
+        tile_block = np.int64(cuda.blockIdx.x)
+        outer_block = tile_block // tiles
+        tile = tile_block - outer_block * tiles
+        k1 = outer_block // blocks
+        b = outer_block - k1 * blocks
+        first_column = tile * tile_width
+        first_row = b * block_rows
+        stop_row = min(first_row + block_rows, reduced_outer)
+        sets = tile_width // reduced_inner
+        for item in range(thread, lane_rows * tile_width, threads):
+            r = item // tile_width
+            c = item - r * tile_width
+            set_index = c // reduced_inner
+            q = c - set_index * reduced_inner
+            column = first_column + c
+            count = 0
+            first = to_acc(0)
+            second = to_acc(0)
+            if column < row_length:
+                center = centers[k1 * kept_inner + column // reduced_inner]
+                p = first_row + r
+                offset = (k1 * reduced_outer + p) * row_length + column
+                # four independent loads in flight per thread, then the pushes in row order
+                while p + 3 * lane_rows < stop_row:
+                    value_1 = x[offset]
+                    value_2 = x[offset + jump]
+                    value_3 = x[offset + 2 * jump]
+                    value_4 = x[offset + 3 * jump]
+                    count, first, second = push(count, center, first, second, load(value_1))
+                    count, first, second = push(count, center, first, second, load(value_2))
+                    count, first, second = push(count, center, first, second, load(value_3))
+                    count, first, second = push(count, center, first, second, load(value_4))
+                    offset += 4 * jump
+                    p += 4 * lane_rows
+                while p < stop_row:
+                    count, first, second = push(count, center, first, second, load(x[offset]))
+                    offset += jump
+                    p += lane_rows
+            slot = set_index * lanes + r * reduced_inner + q
+            counts[slot] = count
+            firsts[slot] = first
+            seconds[slot] = second
+        merge_sets(counts, firsts, seconds, sets, lanes, thread, threads)
+        for s in range(thread, sets, threads):
+            column = first_column + s * reduced_inner
+            if column < row_length:
+                unit = (k1 * kept_inner + column // reduced_inner) * blocks + b
+                out_counts[unit] = counts[s * lanes]
+                out_firsts[unit] = firsts[s * lanes]
+                out_seconds[unit] = seconds[s * lanes]
+
+    return {SEGMENTS: targets.gpu_kernel(reduce_segments), ROWS: targets.gpu_kernel(reduce_rows)}
+
+
+@functools.lru_cache(maxsize=None)
+def first_element_kernel(input_format, acc_format, fma):
+    """centers[group] = the group's first element (the shift of the shifted rule)."""
+    scalar = targets.gpu_scalar_functions(input_format, acc_format, fma)
+    load = scalar["load"]
+    offset_of = targets.gpu_inline(element_offset)
+
+    def first_elements(x, reduced_outer, kept_inner, reduced_inner, groups, centers):
+        group = np.int64(cuda.grid(1))
+        if group < groups:
+            k1 = group // kept_inner
+            offset, _ = offset_of(k1, group - k1 * kept_inner, 0, reduced_outer, kept_inner,
+                                  reduced_inner)
+            centers[group] = load(x[offset])
+
+    return targets.gpu_kernel(first_elements)
+
+
+def finishing_formats(acc_format):
+    """The scalar functions the finishing kernels use read no input: one build per accumulator."""
+    return precision.COMPUTE_DTYPES[acc_format].name, acc_format
+
+
+@functools.lru_cache(maxsize=None)
+def finishing_kernels(family, acc_format, fma):
+    """Per group (one CUDA block each): merge the unit states by the block tree, then either store
+    the pass-one mean as the group's center, or finalize to (mean, variance)."""
+    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), fma)
+    merge_units = targets.gpu_inline(block_tree(scalar[algorithms.push_and_merge(family)[1]]))
+    pass_one_mean = scalar["pass_one_mean"]
+    finalize = scalar["finalize"]
+    compute_type = compute_type_of(acc_format)
+
+    def pass_one_means(counts, firsts, seconds, blocks, centers):
+        group = np.int64(cuda.blockIdx.x)
+        thread = np.int64(cuda.threadIdx.x)
+        base = group * blocks
+        merge_units(counts, firsts, seconds, base, blocks, thread, np.int64(cuda.blockDim.x))
+        if thread == 0:
+            centers[group] = pass_one_mean(counts[base], firsts[base])
+
+    def finalize_groups(algorithm, counts, firsts, seconds, blocks, centers, ddof, means, variances):
+        group = np.int64(cuda.blockIdx.x)
+        thread = np.int64(cuda.threadIdx.x)
+        base = group * blocks
+        merge_units(counts, firsts, seconds, base, blocks, thread, np.int64(cuda.blockDim.x))
+        if thread == 0:
+            count = counts[base]
+            # n - ddof <= 0: the mean is still defined, the variance is NaN (statistics.moments)
+            usable_ddof = ddof if count - ddof > 0 else 0
+            mean, variance = finalize(algorithm, count, centers[group], firsts[base],
+                                      seconds[base], usable_ddof)
+            means[group] = mean
+            variances[group] = variance if count - ddof > 0 else compute_type(np.nan)
+
+    kernels = {"finalize": targets.gpu_kernel(finalize_groups)}
+    if family == algorithms.CENTERED_SUMS:
+        kernels["pass_one_means"] = targets.gpu_kernel(pass_one_means)
+    return kernels
+
+
+# ---- launch geometry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Launch:
+    """How one view and topology map onto CUDA blocks (none of it changes the result)."""
+    kernel: str
+    threads_per_block: int
+    cuda_blocks: int
+    blocks: int          # topology blocks (units) per group
+    block: int           # elements per unit
+    tiles: int = 1       # rows kernel: column tiles per block of rows
+    tile_width: int = 0  # rows kernel: columns per tile (whole groups)
+
+    def details(self):
+        return (("kernel", f"cuda_{self.kernel}"), ("threads_per_block", self.threads_per_block),
+                ("cuda_blocks", self.cuda_blocks), ("units_per_group", self.blocks))
+
+
+def plan(view, topology, threads_per_block):
+    """The Launch of ``topology`` over ``view`` with CUDA blocks of about ``threads_per_block``."""
+    lanes = topology.lanes
+    block = topology.block_size(view.group_size)
+    blocks = -(-view.group_size // block)
+    kernel = kernel_for(view, topology)
+    if kernel == SEGMENTS:
+        threads = max(threads_per_block, lanes)
+        sets = threads // lanes
+        units = view.group_count * blocks
+        return Launch(SEGMENTS, threads, -(-units // sets), blocks, block)
+    # rows: a block of B elements is B / Q whole rows (Q divides lanes, which divides B)
+    sets = max(1, min(STATE_CAPACITY // lanes, view.kept_inner))
+    tile_width = sets * view.reduced_inner
+    tiles = -(-view.kept_inner // sets)
+    block_rows = block // view.reduced_inner
+    blocks = -(-view.reduced_outer // block_rows)
+    threads = min(threads_per_block, sets * lanes)
+    return Launch(ROWS, threads, view.kept_outer * blocks * tiles, blocks, block, tiles, tile_width)
+
+
+def check_options(fma, threads_per_block):
+    if fma not in targets.FMA_MODES:
+        raise ValueError(f"fma must be one of {targets.FMA_MODES}, got {fma!r}")
+    if (isinstance(threads_per_block, bool) or not isinstance(threads_per_block, int)
+            or not 1 <= threads_per_block <= STATE_CAPACITY
+            or threads_per_block & (threads_per_block - 1)):
+        raise ValueError(f"threads_per_block must be a power of two from 1 to {STATE_CAPACITY}, "
+                         f"got {threads_per_block!r}")
+
+
+def device_input(x4, input_format):
+    """A flat, C-contiguous device array of the kernel input (16-bit formats as uint16 bits)."""
+    if isinstance(x4, np.ndarray):
+        return cuda.to_device(x4.reshape(-1))
+    array = cuda.as_cuda_array(x4)
+    if not array.is_c_contiguous():
+        raise ValueError("x must be C-contiguous when it is a device array")
+    if input_format in ("float16", "bfloat16") and array.dtype != np.uint16:
+        array = array.view(np.uint16)
+    return array.reshape(array.size)
+
+
+def moments(x4, view, algorithm, topology, ddof, input_format, acc_format, *, fma="separate",
+            threads_per_block=DEFAULT_THREADS_PER_BLOCK):
+    """(means, variances, kernel name, details) of every group of the canonical view ``x4``, computed
+    on the GPU in the order ``topology`` defines. ``x4``: a numpy array (results come back as numpy
+    arrays) or a device array (results stay on the device: no copy back, for chained work); either
+    way C-contiguous, in the compute type of ``acc_format`` (float32 for 16-bit accumulators, whose
+    values it holds exactly), 16-bit inputs as uint16 bit patterns.
+
+    Device options: ``fma`` "separate" (default: two roundings, bitwise the CPU's result) or "fused"
+    (one FMA at every multiply-add of the rules); ``threads_per_block`` (default 256) sizes the CUDA
+    blocks only: the result does not depend on it.
+    """
+    require_gpu()
+    check_options(fma, threads_per_block)
+    rule = algorithms.ALGORITHMS[algorithm]
+    launch = plan(view, topology, threads_per_block)
+    compute_type = compute_type_of(acc_format)
+    x = device_input(x4, input_format)
+    groups = view.group_count
+    units = groups * launch.blocks
+    reduce = reduction_kernels(rule.family, input_format, acc_format, fma)[launch.kernel]
+    finishing = finishing_kernels(rule.family, acc_format, fma)
+    finish_threads = min(FINISH_THREADS, max(1, launch.blocks // 2))
+
+    def reduce_units(family_kernel, centers):
+        counts = cuda.device_array(units, np.int64)
+        firsts = cuda.device_array(units, compute_type)
+        seconds = cuda.device_array(units, compute_type)
+        shape = (view.reduced_outer, view.kept_inner, view.reduced_inner)
+        if launch.kernel == SEGMENTS:
+            family_kernel[launch.cuda_blocks, launch.threads_per_block](
+                x, centers, *shape, view.group_size, launch.block, launch.blocks, units,
+                topology.lanes, counts, firsts, seconds)
+        else:
+            family_kernel[launch.cuda_blocks, launch.threads_per_block](
+                x, centers, *shape, launch.block // view.reduced_inner, launch.blocks, launch.tiles,
+                launch.tile_width, topology.lanes, counts, firsts, seconds)
+        return counts, firsts, seconds
+
+    centers = cuda.to_device(np.zeros(groups, compute_type))
+    if rule.code == algorithms.SHIFTED:
+        first_element_kernel(input_format, acc_format, fma)[-(-groups // 128), 128](
+            x, view.reduced_outer, view.kept_inner, view.reduced_inner, groups, centers)
+    elif rule.passes == 2:
+        pass_one = reduction_kernels(algorithms.CENTERED_SUMS, input_format, acc_format,
+                                     fma)[launch.kernel]
+        counts, firsts, seconds = reduce_units(pass_one, centers)
+        finishing["pass_one_means"][groups, finish_threads](counts, firsts, seconds, launch.blocks,
+                                                           centers)
+    counts, firsts, seconds = reduce_units(reduce, centers)
+    means = cuda.device_array(groups, compute_type)
+    variances = cuda.device_array(groups, compute_type)
+    finishing["finalize"][groups, finish_threads](rule.code, counts, firsts, seconds, launch.blocks,
+                                                   centers, ddof, means, variances)
+    details = (("fma", fma), ("lanes", topology.lanes), ("block", launch.block)) + launch.details()
+    if isinstance(x4, np.ndarray):
+        return means.copy_to_host(), variances.copy_to_host(), f"cuda_{launch.kernel}", details
+    return means, variances, f"cuda_{launch.kernel}", details
+
+
+def clamped(variances):
+    """max(variance, 0) of a device array, on the device (NaN stays NaN)."""
+    clamp_kernel()[-(-variances.size // 256), 256](variances)
+    return variances
+
+
+@functools.lru_cache(maxsize=None)
+def clamp_kernel():
+    def clamp(variances):
+        i = cuda.grid(1)
+        if i < variances.size and variances[i] < 0:
+            variances[i] = 0
+    return targets.gpu_kernel(clamp)
+
+
+# ---- every specialization a launch can ask for (numerics.gpu_compile compiles them all to PTX) ------
+
+#: (input format, accumulator format) pairs the kernels see: float64 input with a 16-bit
+#: accumulator is rounded to that format on the host first (statistics.kernel_input_of)
+FORMAT_PAIRS = tuple((input_format, acc_format) for input_format in precision.FORMATS
+                     for acc_format in precision.FORMATS
+                     if not (input_format == "float64" and acc_format in ("float16", "bfloat16")))
+
+FAMILIES = (algorithms.CENTERED_SUMS, algorithms.WELFORD_UPDATES, algorithms.CHAN_UPDATES)
+
+
+def specializations(fma_modes=targets.FMA_MODES):
+    """``(label, fma, python function, numba signature)`` of every kernel specialization, typed as a
+    launch types its arguments (Python ints are int64, device arrays 1-D C-contiguous)."""
+    from numba import from_dtype, types
+
+    def array(dtype):
+        return types.Array(from_dtype(np.dtype(dtype)), 1, "C")
+
+    def kernel_dtype(input_format):
+        return np.uint16 if input_format in ("float16", "bfloat16") else np.dtype(input_format)
+
+    integer = types.int64
+    for fma in fma_modes:
+        for input_format, acc_format in FORMAT_PAIRS:
+            x, state = array(kernel_dtype(input_format)), array(compute_type_of(acc_format))
+            counts = array(np.int64)
+            for family in FAMILIES:
+                kernels = reduction_kernels(family, input_format, acc_format, fma)
+                yield (f"{family}/{SEGMENTS}/{input_format}->{acc_format}", fma,
+                       kernels[SEGMENTS].py_func,
+                       types.void(x, state, *[integer] * 8, counts, state, state))
+                yield (f"{family}/{ROWS}/{input_format}->{acc_format}", fma, kernels[ROWS].py_func,
+                       types.void(x, state, *[integer] * 8, counts, state, state))
+            yield (f"first_elements/{input_format}->{acc_format}", fma,
+                   first_element_kernel(input_format, acc_format, fma).py_func,
+                   types.void(x, *[integer] * 4, state))
+        for acc_format in precision.FORMATS:
+            state, counts = array(compute_type_of(acc_format)), array(np.int64)
+            for family in FAMILIES:
+                for name, kernel in finishing_kernels(family, acc_format, fma).items():
+                    signature = (types.void(integer, counts, state, state, integer, state, integer,
+                                            state, state) if name == "finalize"
+                                 else types.void(counts, state, state, integer, state))
+                    yield f"{family}/{name}/{acc_format}", fma, kernel.py_func, signature
+    for dtype in (np.float32, np.float64):
+        yield f"clamp/{np.dtype(dtype).name}", "none", clamp_kernel().py_func, types.void(array(dtype))

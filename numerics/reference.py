@@ -1,0 +1,408 @@
+"""The exact reference: the mean and variance of the stored values of every normalization group.
+
+The inputs are binary floats, so each group's mean and variance are rational numbers
+(ARCHITECTURE.md section 4): with Σx and Σx² computed exactly, S = Σx² − (Σx)²/n exactly, and the
+only rounding left is the final division, done by mpmath's ``mpf_div`` on exact operands: correctly
+rounded (to nearest, ties to even) at ``bits`` bits. mpmath precision is scoped with
+``mpmath.workprec`` and never assigned globally (ARCHITECTURE.md trap 6).
+
+How the sums are exact. Every finite binary32 value is ±m·2**(position − 149) with an integer
+significand m < 2**24 and an integer position ≥ 0 (binary64: m < 2**53, 2**(position − 1074)).
+A compiled kernel adds ±m, shifted by its position, into a per-group array of base-2**32 digits held
+in int64 (a superaccumulator; Neal 2015 describes the floating-point variant): each deposit adds
+less than 2**32 to a digit, and a group's digits are carry-normalised every ``FLUSH_INTERVAL`` of
+its elements, long before an int64 could overflow. Squares are exact integers m² placed at
+2·position, split into pieces below 2**31 first (m² of binary64 is 106 bits). The digit rows become
+Python ints at the end, so nothing is ever rounded. float16 and bfloat16 inputs are widened to
+float32 first, which is exact. Decimal strings (the NIST data) are read exactly as rationals and
+summed as integers over their common denominator.
+
+Non-finite input (a documented rule, IEEE semantics of the exact sum): a group holding a NaN, or
+both +Inf and −Inf, has mean NaN; a group whose non-finite values are all +Inf (all −Inf) has mean
++Inf (−Inf); the variance of any group holding a NaN or an Inf is NaN. Other groups are unaffected.
+"""
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import NamedTuple
+
+import mpmath
+import numpy as np
+from mpmath import libmp
+from numba import njit
+
+from . import precision, subsets
+
+#: the least precision a caller may ask for: far beyond any float format, so that comparing a
+#: computed float64 with the reference never sees the reference's own rounding
+MINIMUM_BITS = 200
+
+DIGIT_BITS = 32
+#: elements of one group between carry normalisations. Per element a digit gains less than
+#: 7 * 2**32 < 2**35 (binary64 squares make 7 deposits), so 2**24 elements stay below 2**59.
+FLUSH_INTERVAL = 1 << 24
+
+#: precision of the working values behind the float64 condition numbers (a few bits past float64)
+CONDITION_BITS = 64
+
+
+# ---- compiled kernels: exact integer accumulation -----------------------------------------------
+
+@njit(cache=True)
+def _deposit(digits, group, magnitude, position, negative):
+    """Add ±magnitude·2**position (0 <= magnitude < 2**31) to the base-2**32 digits of ``group``."""
+    index = position >> 5
+    shifted = magnitude << (position & 31)  # < 2**62: no int64 overflow
+    low = shifted & 0xFFFFFFFF
+    high = shifted >> 32
+    if negative:
+        digits[group, index] -= low
+        digits[group, index + 1] -= high
+    else:
+        digits[group, index] += low
+        digits[group, index + 1] += high
+
+
+@njit(cache=True)
+def _normalize(digits, group):
+    """Propagate carries: every digit but the last ends in [0, 2**32); the last holds the signed rest."""
+    for index in range(digits.shape[1] - 1):
+        value = digits[group, index]
+        digits[group, index] = value & 0xFFFFFFFF
+        digits[group, index + 1] += value >> 32  # arithmetic shift: floor division, sign kept
+
+
+@njit(cache=True)
+def _count_nonfinite(nonfinite, group, fraction, negative):
+    if fraction != 0:
+        nonfinite[group, 0] += 1
+    elif negative:
+        nonfinite[group, 2] += 1
+    else:
+        nonfinite[group, 1] += 1
+
+
+@njit(cache=True)
+def _push_binary32(word, group, sums, squares, nonfinite):
+    """One float32 (its bits as a signed integer): x = ±significand·2**(position − 149)."""
+    biased = (word >> 23) & 0xFF
+    fraction = word & 0x7FFFFF
+    negative = word < 0
+    if biased == 0xFF:
+        _count_nonfinite(nonfinite, group, fraction, negative)
+        return
+    normal = np.int64(biased != 0)  # subnormals share the exponent of the smallest normals
+    significand = fraction | (normal << 23)
+    position = biased - normal
+    _deposit(sums, group, significand, position, negative)
+    square = significand * significand  # < 2**48, exact in int64
+    _deposit(squares, group, square & 0xFFFFFF, 2 * position, False)
+    _deposit(squares, group, square >> 24, 2 * position + 24, False)
+
+
+@njit(cache=True)
+def _push_binary64(word, group, sums, squares, nonfinite):
+    """One float64 (its bits as a signed integer): x = ±significand·2**(position − 1074)."""
+    biased = (word >> 52) & 0x7FF
+    fraction = word & 0xFFFFFFFFFFFFF
+    negative = word < 0
+    if biased == 0x7FF:
+        _count_nonfinite(nonfinite, group, fraction, negative)
+        return
+    normal = np.int64(biased != 0)
+    significand = fraction | (normal << 52)
+    position = biased - normal
+    _deposit(sums, group, significand & 0x7FFFFFF, position, negative)
+    _deposit(sums, group, significand >> 27, position + 27, negative)
+    # m² is 106 bits: split m into four 14-bit pieces c0..c3 (c3 < 2**11); the convolution terms
+    # sum(c_i c_j, i + j = k) stay below 2**30 and sit at 14k bits
+    piece0 = significand & 0x3FFF
+    piece1 = (significand >> 14) & 0x3FFF
+    piece2 = (significand >> 28) & 0x3FFF
+    piece3 = significand >> 42
+    base = 2 * position
+    _deposit(squares, group, piece0 * piece0, base, False)
+    _deposit(squares, group, 2 * piece0 * piece1, base + 14, False)
+    _deposit(squares, group, 2 * piece0 * piece2 + piece1 * piece1, base + 28, False)
+    _deposit(squares, group, 2 * (piece0 * piece3 + piece1 * piece2), base + 42, False)
+    _deposit(squares, group, 2 * piece1 * piece3 + piece2 * piece2, base + 56, False)
+    _deposit(squares, group, 2 * piece2 * piece3, base + 70, False)
+    _deposit(squares, group, piece3 * piece3, base + 84, False)
+
+
+def _make_accumulator(push):
+    """A kernel that reads a canonical (kept_outer, reduced_outer, kept_inner, reduced_inner) view
+    of float bits in memory order and pushes every element into its group's digits."""
+
+    @njit(cache=True)
+    def accumulate(words, sums, squares, nonfinite):
+        kept_outer, reduced_outer, kept_inner, reduced_inner = words.shape
+        since_flush = np.zeros(kept_outer * kept_inner, np.int64)
+        for outer in range(kept_outer):
+            for row in range(reduced_outer):
+                for inner in range(kept_inner):
+                    group = outer * kept_inner + inner
+                    for start in range(0, reduced_inner, FLUSH_INTERVAL):
+                        stop = min(start + FLUSH_INTERVAL, reduced_inner)
+                        if since_flush[group] + (stop - start) > FLUSH_INTERVAL:
+                            _normalize(sums, group)
+                            _normalize(squares, group)
+                            since_flush[group] = 0
+                        for column in range(start, stop):
+                            push(np.int64(words[outer, row, inner, column]), group, sums, squares,
+                                 nonfinite)
+                        since_flush[group] += stop - start
+        for group in range(kept_outer * kept_inner):
+            _normalize(sums, group)
+            _normalize(squares, group)
+
+    return accumulate
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """How one binary format is accumulated: its bits as which integer type, the exponent of
+    position 0, and how many base-2**32 digits hold Σx and Σx² (the highest position a deposit
+    reaches, plus 64 bits of headroom for the count, plus the signed top digit)."""
+    word_dtype: type
+    lowest_exponent: int
+    sum_digits: int
+    square_digits: int
+    accumulate: object
+
+
+_ENCODINGS = {
+    # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position
+    "float32": _Encoding(np.int32, -149, (253 + 24 + 64) // DIGIT_BITS + 2,
+                         (2 * 253 + 48 + 64) // DIGIT_BITS + 2, _make_accumulator(_push_binary32)),
+    # binary64: positions 0..2045, significands < 2**53, squares < 2**106
+    "float64": _Encoding(np.int64, -1074, (2045 + 53 + 64) // DIGIT_BITS + 2,
+                         (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, _make_accumulator(_push_binary64)),
+}
+
+
+def _digits_to_ints(digits):
+    """Python ints from normalised digit rows (all digits but the last in [0, 2**32))."""
+    width = digits.shape[1] - 1
+    low = np.ascontiguousarray(digits[:, :width]).astype("<u4").tobytes()
+    row_bytes = 4 * width
+    top_shift = DIGIT_BITS * width
+    return [int.from_bytes(low[group * row_bytes:(group + 1) * row_bytes], "little")
+            + (int(top) << top_shift) for group, top in enumerate(digits[:, width])]
+
+
+# ---- the exact sums of every group ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ScaledSums:
+    """Σx = sums[g] / scale and Σx² = squares[g] / scale**2 for group g, exactly; ``firsts[g]`` is
+    the group's first element times ``scale``. ``nonfinite[g]`` counts (NaN, +Inf, −Inf) (finite
+    groups: all zero; the sums leave the non-finite values out)."""
+    count: int
+    scale: int
+    sums: list
+    squares: list
+    firsts: list
+    nonfinite: list
+    stats_shape: tuple
+
+
+def _scaled_sums(x, norm, groups, layout):
+    x = np.asarray(x)
+    if x.dtype.kind == "U":
+        return _decimal_sums(x, norm)
+    if x.dtype.kind in "SO":
+        raise TypeError(f"x must be a float16, bfloat16, float32 or float64 array, or a 1-D "
+                        f"sequence of decimal strings; got dtype {x.dtype}")
+    input_format = precision.format_name(x.dtype, "x")
+    view = subsets.canonical_view(x.shape, norm, groups, layout)
+    if x.size == 0:
+        raise ValueError(f"x is empty (shape {x.shape}): every group needs at least one element")
+    # float16 and bfloat16 widen to float32 exactly; the kernels read native-endian contiguous bits
+    accumulated_format = "float64" if input_format == "float64" else "float32"
+    values = np.ascontiguousarray(x, dtype=precision.NUMPY_DTYPES[accumulated_format])
+    values = values.reshape(view.view_shape)
+    encoding = _ENCODINGS[accumulated_format]
+    group_count = view.group_count
+    sums = np.zeros((group_count, encoding.sum_digits), np.int64)
+    squares = np.zeros((group_count, encoding.square_digits), np.int64)
+    nonfinite = np.zeros((group_count, 3), np.int64)
+    encoding.accumulate(values.view(encoding.word_dtype), sums, squares, nonfinite)
+    scale = 1 << -encoding.lowest_exponent
+    firsts = []
+    for first in values[:, 0, :, 0].reshape(-1).tolist():
+        if math.isfinite(first):
+            numerator, denominator = first.as_integer_ratio()
+            firsts.append(numerator * (scale // denominator))
+        else:
+            firsts.append(0)  # its group is non-finite: no shift is ever taken from it
+    return _ScaledSums(view.group_size, scale, _digits_to_ints(sums), _digits_to_ints(squares),
+                       firsts, [tuple(counts) for counts in nonfinite.tolist()], view.stats_shape)
+
+
+def _decimal_sums(strings, norm):
+    """Exact sums of decimal strings: each value V_i / scale with scale the common denominator."""
+    if norm is not None:
+        raise ValueError(f"decimal strings are a single 1-D sample: norm must be None, got {norm!r}")
+    if strings.ndim != 1 or strings.size == 0:
+        raise ValueError(f"decimal strings must form a non-empty 1-D sequence, got shape "
+                         f"{strings.shape}")
+    values = []
+    for text in strings.tolist():
+        try:
+            values.append(Fraction(text.strip()))
+        except ValueError:
+            raise ValueError(f"x holds {text!r}, which is not a finite decimal number") from None
+    scale = math.lcm(*(value.denominator for value in values))
+    scaled = [value.numerator * (scale // value.denominator) for value in values]
+    return _ScaledSums(len(scaled), scale, [sum(scaled)], [sum(v * v for v in scaled)],
+                       [scaled[0]], [(0, 0, 0)], ())
+
+
+def _exact_value(integer):
+    """An int as an exact mpmath value tuple. Stripping the trailing zero bits here, in one step,
+    spares mpmath's bit-by-bit stripping: the scaled sums carry ~149 (binary64: ~1074) of them."""
+    if integer == 0:
+        return libmp.fzero
+    zeros = (integer & -integer).bit_length() - 1
+    return libmp.from_man_exp(integer >> zeros, zeros)
+
+
+def _rounded_ratio(numerator, denominator, bits):
+    """numerator/denominator (ints, denominator > 0) correctly rounded to nearest at ``bits``."""
+    return mpmath.mpf(libmp.mpf_div(_exact_value(numerator), _exact_value(denominator), bits, "n"))
+
+
+def _nonfinite_mean(nan_count, positive_infinities, negative_infinities):
+    """The IEEE value of a group's mean when it holds NaN or Inf (module docstring), else None."""
+    if nan_count or (positive_infinities and negative_infinities):
+        return math.nan
+    if positive_infinities:
+        return math.inf
+    if negative_infinities:
+        return -math.inf
+    return None
+
+
+def _stats_array(values, stats_shape):
+    """An object array of the statistics shape (0-d for a single group)."""
+    result = np.empty(len(values), dtype=object)
+    result[:] = values
+    return result.reshape(stats_shape)
+
+
+def _check_bits(bits):
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < MINIMUM_BITS:
+        raise ValueError(f"bits must be an integer >= {MINIMUM_BITS}, got {bits!r}")
+
+
+def _check_ddof(ddof):
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ValueError(f"ddof must be a non-negative integer, got {ddof!r}")
+
+
+# ---- public API -----------------------------------------------------------------------------------
+
+class ExactSums(NamedTuple):
+    """``count`` elements per group; ``sum_x`` and ``sum_x2``: object arrays of the statistics
+    shape holding the exact Σx and Σx² as ``fractions.Fraction``. A group holding NaN or Inf holds
+    the IEEE float value of its sums instead: Σx NaN (any NaN, or both infinities) or ±Inf, Σx²
+    NaN (any NaN) or +Inf."""
+    count: int
+    sum_x: np.ndarray
+    sum_x2: np.ndarray
+
+
+def exact_sums(x, norm=None, *, groups=None, layout="NCHW"):
+    """Exact Σx and Σx² of each normalization group of ``x`` (groups as in subsets.canonical_view).
+
+    ``x``: a float16, bfloat16, float32 or float64 array, or a 1-D sequence of decimal strings
+    (norm None) whose exact decimal values are summed. Returns ``ExactSums(count, sum_x, sum_x2)``.
+    """
+    sums = _scaled_sums(x, norm, groups, layout)
+    sum_x, sum_x2 = [], []
+    for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
+        nan_count, positive, negative = sums.nonfinite[group]
+        special = _nonfinite_mean(nan_count, positive, negative)
+        if special is None:
+            sum_x.append(Fraction(scaled_sum, sums.scale))
+            sum_x2.append(Fraction(scaled_square, sums.scale ** 2))
+        else:
+            sum_x.append(special)
+            sum_x2.append(math.nan if nan_count else math.inf)
+    return ExactSums(sums.count, _stats_array(sum_x, sums.stats_shape),
+                     _stats_array(sum_x2, sums.stats_shape))
+
+
+def moments(x, norm=None, *, groups=None, layout="NCHW", ddof=0, bits=256):
+    """Exact mean and variance of the stored values of each normalization group of ``x``.
+
+    Groups and the statistics shape are those of ``subsets.canonical_view(x.shape, norm, groups,
+    layout)``; ``norm=None`` takes a 1-D ``x`` as one group and returns 0-d arrays. ``x`` may also
+    be a 1-D sequence of decimal strings (norm None), read as exact decimals. Returns ``(mean,
+    var)``: object arrays of ``mpmath.mpf``, each the exact rational value correctly rounded to
+    ``bits`` bits (``bits >= 200``). var = S/(n − ddof) with S = Σx² − (Σx)²/n from exact sums;
+    n − ddof <= 0 gives NaN. NaN and Inf follow the module docstring's rule, group by group.
+    """
+    _check_bits(bits)
+    _check_ddof(ddof)
+    sums = _scaled_sums(x, norm, groups, layout)
+    count, scale = sums.count, sums.scale
+    mean_denominator = count * scale
+    variance_denominator = count * (count - ddof) * scale * scale
+    means, variances = [], []
+    with mpmath.workprec(bits):
+        nan = mpmath.mpf("nan")
+        for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
+            special = _nonfinite_mean(*sums.nonfinite[group])
+            if special is not None:
+                means.append(mpmath.mpf(special))
+                variances.append(nan)
+                continue
+            means.append(_rounded_ratio(scaled_sum, mean_denominator, bits))
+            if count - ddof <= 0:
+                variances.append(nan)
+                continue
+            # n·S·scale² = n·Σ(scaled x²) − (Σ scaled x)²: an exact integer, never negative
+            scaled_n_times_s = count * scaled_square - scaled_sum * scaled_sum
+            variances.append(_rounded_ratio(scaled_n_times_s, variance_denominator, bits))
+    return _stats_array(means, sums.stats_shape), _stats_array(variances, sums.stats_shape)
+
+
+def _condition_numbers(sums, shift_by_first):
+    """κ = ‖y‖₂/√S = sqrt(n·Σy²/(n·S)) per group, y = x or y = x − x_first (S is shift-invariant),
+    from the exact scaled integers; inf where S = 0, NaN for non-finite groups."""
+    count = sums.count
+    result = np.empty(len(sums.sums), np.float64)
+    with mpmath.workprec(CONDITION_BITS):
+        for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
+            if _nonfinite_mean(*sums.nonfinite[group]) is not None:
+                result[group] = math.nan
+                continue
+            scaled_n_times_s = count * scaled_square - scaled_sum * scaled_sum
+            if scaled_n_times_s == 0:
+                result[group] = math.inf
+                continue
+            if shift_by_first:
+                shift = sums.firsts[group]
+                # Σ(x − d)² = Σx² − 2dΣx + n·d², all scaled by scale²
+                scaled_square = scaled_square - 2 * shift * scaled_sum + count * shift * shift
+            ratio = _rounded_ratio(count * scaled_square, scaled_n_times_s, CONDITION_BITS)
+            result[group] = float(mpmath.sqrt(ratio))
+    return result.reshape(sums.stats_shape)
+
+
+def condition_number(x, norm=None, *, groups=None, layout="NCHW"):
+    """Condition number of the variance of each group, κ = ‖x‖₂/√S = sqrt(1 + n·mean²/S)
+    (Chan, Golub & LeVeque 1983; Higham 2002 §1.9), from the exact sums; float64 array of the
+    statistics shape (0-d for norm None). inf where S = 0 (constant groups, all-zero ones
+    included); NaN for groups holding NaN or Inf. Relative perturbations ε of the data change S by
+    up to 2κε + (κε)²; the textbook one-pass formula loses about log10(κ²u) digits."""
+    return _condition_numbers(_scaled_sums(x, norm, groups, layout), shift_by_first=False)
+
+
+def shifted_condition_number(x, norm=None, *, groups=None, layout="NCHW"):
+    """κ of each group's data shifted exactly by the group's first element (in the order every
+    topology counts: reduced_outer slow, reduced_inner fast): sqrt(1 + n·(mean − x_first)²/S).
+    It governs the "shifted" rule (CGL 1983). Same shapes and special cases as condition_number."""
+    return _condition_numbers(_scaled_sums(x, norm, groups, layout), shift_by_first=True)
