@@ -17,8 +17,10 @@ import math
 
 import numpy as np
 
+from . import algorithms
+
 #: the update rules numerics.algorithms implements, each with its leading-order bound
-ALGORITHMS = ("naive", "shifted", "two_pass", "corrected_two_pass", "welford", "parallel_merge")
+ALGORITHMS = tuple(algorithms.ALGORITHMS)
 
 #: roundings of the finalisation (the (Σx)²/n or S/(n − ddof) divisions and products): a few u
 FINALISATION_ROUNDINGS = 3

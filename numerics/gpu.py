@@ -5,8 +5,8 @@ targets.py (ARCHITECTURE.md section 2): this module only walks memory and merges
 order the Topology defines, so ``moments(..., device="cpu", topology=t)`` replays a GPU run with
 topology ``t`` bit for bit (with ``fma="separate"``). A GPU run with ``Topology(lanes=T, block=B)``:
 
-1. a *unit* is one block of B consecutive elements of one group; its T lanes run on T threads:
-   thread t pushes elements j = t, t + T, t + 2T, ... of the unit in order (the CPU lane rule);
+1. a *unit* is one block of B consecutive elements of one group; lane t of a unit pushes its
+   elements j = t, t + T, t + 2T, ... in order (the CPU lane rule), each lane on one thread;
 2. the unit's T lane states merge in shared memory by the topology's lane tree: halving inside each
    warp of 32 lanes (shuffle-down order), then halving over the warp results. The tree runs on
    shared memory with block barriers, not on warp shuffles: numba-cuda's simulator has no
@@ -24,20 +24,23 @@ Two kernels stream the input, like the CPU's (numerics.cpu.kernel_for picks one,
   ``r * reduced_inner + q`` of a group owns rows r, r + T/reduced_inner, ... of column q, and
   consecutive threads take consecutive columns, so a warp reads contiguous memory.
 
-Index arithmetic is 64-bit throughout (``element_offset``/``advance`` below; every operand is an
-int64 in the kernels): tensors may pass 2**31 elements. ``fma`` (targets.FMA_MODES) says whether the
-multiply-adds of the rules are fused (ARCHITECTURE.md trap 2); it is recorded in every Run.
+Index arithmetic is 64-bit throughout (``element_offset``, ``row_offset`` and ``advance`` below;
+every operand is an int64 in the kernels): tensors may pass 2**31 elements. ``fma``
+(targets.FMA_MODES) says whether the multiply-adds of the rules are fused (ARCHITECTURE.md trap 2);
+it is recorded in every Run with the launch geometry. Scratch buffers stay allocated between calls
+(``workspace``), so a call costs its kernels and no cudaMalloc.
 
 Importing this module needs neither a GPU nor the CUDA toolkit; ``moments`` without a GPU raises
 NoGPUError, which names the simulator (NUMBA_ENABLE_CUDASIM=1).
 """
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import algorithms, precision, targets
-from .cpu import ROWS, SEGMENTS, kernel_for
+from .cpu import ROWS, SEGMENTS, compute_type_of, kernel_for
 from .topology import WARP_SIZE, Topology
 
 try:
@@ -59,7 +62,8 @@ TOPOLOGIES = {
 }
 FAST_TOPOLOGY = "gpu_fast"
 
-#: lane states a CUDA block keeps in shared memory (the topology allows at most 1024 lanes)
+#: most lane states a CUDA block keeps in shared memory (24 KiB in float64): a unit's lanes (the
+#: topology allows at most 1024), or the lanes of a tile of groups in the rows kernel
 STATE_CAPACITY = 1024
 DEFAULT_THREADS_PER_BLOCK = 256
 #: threads of the CUDA block that merges one group's unit states
@@ -94,6 +98,12 @@ def element_offset(k1, k2, i, reduced_outer, kept_inner, reduced_inner):
     p = i // reduced_inner
     q = i - p * reduced_inner
     return ((k1 * reduced_outer + p) * kept_inner + k2) * reduced_inner + q, q
+
+
+def row_offset(k1, p, column, reduced_outer, row_length):
+    """Flat offset of row ``p``, column ``column`` (= k2 * Q + q) of slab ``k1`` of the canonical
+    view, rows being ``row_length`` = K2 * Q elements long (the rows kernel's addressing)."""
+    return (k1 * reduced_outer + p) * row_length + column
 
 
 def advance(offset, q, step_q, jump, reduced_inner, carry):
@@ -177,8 +187,31 @@ def block_tree(merge):
 
 # ---- kernels -------------------------------------------------------------------------------------
 
-def compute_type_of(acc_format):
-    return precision.COMPUTE_DTYPES[acc_format].type
+def shared_bytes(states, acc_format):
+    """Dynamic shared memory for ``states`` lane states: a count and two compute-type values each."""
+    return states * (8 + 2 * precision.COMPUTE_DTYPES[acc_format].itemsize)
+
+
+def shared_states(compute_type):
+    """``lane_states(states)``: the (counts, firsts, seconds) shared arrays of ``states`` lane
+    states, carved out of the dynamic shared memory of the launch (shared_bytes): the two value
+    arrays first, then the int64 counts (8-byte aligned, as 2 * states values are). Dynamic and
+    not static (``cuda.shared.array(1024, ...)``) because the simulator finds a static shared
+    array by its call site in a dict without a lock, which its threads race on (two threads of a
+    CUDA block can get different arrays); sized per launch, it also keeps occupancy up."""
+    from numba import from_dtype, int64
+
+    offset_unit = 8 // np.dtype(compute_type).itemsize
+    # numba types, not numpy ones: the simulator sizes a dynamic array by ``dtype.itemsize``
+    value_type = from_dtype(np.dtype(compute_type))
+
+    def lane_states(states):
+        values = cuda.shared.array(0, value_type)
+        counts = cuda.shared.array(0, int64)
+        return (counts[2 * states // offset_unit:2 * states // offset_unit + states],
+                values[:states], values[states:2 * states])
+
+    return lane_states
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,17 +224,16 @@ def reduction_kernels(family, input_format, acc_format, fma):
     to_acc = scalar["to_acc"]
     merge_sets = targets.gpu_inline(lane_tree(scalar[merge_name]))
     offset_of = targets.gpu_inline(element_offset)
+    row_offset_of = targets.gpu_inline(row_offset)
     step = targets.gpu_inline(advance)
     steps = targets.gpu_inline(stepping)
-    compute_type = compute_type_of(acc_format)
+    lane_states = targets.gpu_inline(shared_states(compute_type_of(acc_format)))
 
     def reduce_segments(x, centers, reduced_outer, kept_inner, reduced_inner, size, block, blocks,
                         units, lanes, out_counts, out_firsts, out_seconds):
-        counts = cuda.shared.array(STATE_CAPACITY, np.int64)
-        firsts = cuda.shared.array(STATE_CAPACITY, compute_type)
-        seconds = cuda.shared.array(STATE_CAPACITY, compute_type)
         thread = np.int64(cuda.threadIdx.x)
         threads = np.int64(cuda.blockDim.x)
+        counts, firsts, seconds = lane_states(threads)
         sets = threads // lanes
         local_unit = thread // lanes
         lane = thread - local_unit * lanes
@@ -249,11 +281,10 @@ def reduction_kernels(family, input_format, acc_format, fma):
 
     def reduce_rows(x, centers, reduced_outer, kept_inner, reduced_inner, block_rows, blocks, tiles,
                     tile_width, lanes, out_counts, out_firsts, out_seconds):
-        counts = cuda.shared.array(STATE_CAPACITY, np.int64)
-        firsts = cuda.shared.array(STATE_CAPACITY, compute_type)
-        seconds = cuda.shared.array(STATE_CAPACITY, compute_type)
         thread = np.int64(cuda.threadIdx.x)
         threads = np.int64(cuda.blockDim.x)
+        sets = tile_width // reduced_inner
+        counts, firsts, seconds = lane_states(sets * lanes)
         row_length = kept_inner * reduced_inner
         lane_rows = lanes // reduced_inner
         jump = lane_rows * row_length
@@ -265,7 +296,6 @@ def reduction_kernels(family, input_format, acc_format, fma):
         first_column = tile * tile_width
         first_row = b * block_rows
         stop_row = min(first_row + block_rows, reduced_outer)
-        sets = tile_width // reduced_inner
         for item in range(thread, lane_rows * tile_width, threads):
             r = item // tile_width
             c = item - r * tile_width
@@ -278,7 +308,7 @@ def reduction_kernels(family, input_format, acc_format, fma):
             if column < row_length:
                 center = centers[k1 * kept_inner + column // reduced_inner]
                 p = first_row + r
-                offset = (k1 * reduced_outer + p) * row_length + column
+                offset = row_offset_of(k1, p, column, reduced_outer, row_length)
                 # four independent loads in flight per thread, then the pushes in row order
                 while p + 3 * lane_rows < stop_row:
                     value_1 = x[offset]
@@ -311,11 +341,14 @@ def reduction_kernels(family, input_format, acc_format, fma):
     return {SEGMENTS: targets.gpu_kernel(reduce_segments), ROWS: targets.gpu_kernel(reduce_rows)}
 
 
+#: the FMA mode of the kernels that multiply nothing (they are the same code in either mode)
+WITHOUT_PRODUCTS = "separate"
+
+
 @functools.lru_cache(maxsize=None)
-def first_element_kernel(input_format, acc_format, fma):
+def first_element_kernel(input_format, acc_format):
     """centers[group] = the group's first element (the shift of the shifted rule)."""
-    scalar = targets.gpu_scalar_functions(input_format, acc_format, fma)
-    load = scalar["load"]
+    load = targets.gpu_scalar_functions(input_format, acc_format, WITHOUT_PRODUCTS)["load"]
     offset_of = targets.gpu_inline(element_offset)
 
     def first_elements(x, reduced_outer, kept_inner, reduced_inner, groups, centers):
@@ -335,14 +368,13 @@ def finishing_formats(acc_format):
 
 
 @functools.lru_cache(maxsize=None)
-def finishing_kernels(family, acc_format, fma):
-    """Per group (one CUDA block each): merge the unit states by the block tree, then either store
-    the pass-one mean as the group's center, or finalize to (mean, variance)."""
-    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), fma)
-    merge_units = targets.gpu_inline(block_tree(scalar[algorithms.push_and_merge(family)[1]]))
+def pass_one_kernel(acc_format):
+    """Per group (one CUDA block each): merge the pass-one unit states of the two-pass rules by the
+    block tree and store their mean, sum(x)/n, as the group's center for pass two."""
+    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), WITHOUT_PRODUCTS)
+    merge_units = targets.gpu_inline(block_tree(
+        scalar[algorithms.push_and_merge(algorithms.CENTERED_SUMS)[1]]))
     pass_one_mean = scalar["pass_one_mean"]
-    finalize = scalar["finalize"]
-    compute_type = compute_type_of(acc_format)
 
     def pass_one_means(counts, firsts, seconds, blocks, centers):
         group = np.int64(cuda.blockIdx.x)
@@ -351,6 +383,18 @@ def finishing_kernels(family, acc_format, fma):
         merge_units(counts, firsts, seconds, base, blocks, thread, np.int64(cuda.blockDim.x))
         if thread == 0:
             centers[group] = pass_one_mean(counts[base], firsts[base])
+
+    return targets.gpu_kernel(pass_one_means)
+
+
+@functools.lru_cache(maxsize=None)
+def finalize_kernel(family, acc_format, fma):
+    """Per group (one CUDA block each): merge the unit states by the block tree and finalize to
+    (mean, variance)."""
+    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), fma)
+    merge_units = targets.gpu_inline(block_tree(scalar[algorithms.push_and_merge(family)[1]]))
+    finalize = scalar["finalize"]
+    compute_type = compute_type_of(acc_format)
 
     def finalize_groups(algorithm, counts, firsts, seconds, blocks, centers, ddof, means, variances):
         group = np.int64(cuda.blockIdx.x)
@@ -366,10 +410,7 @@ def finishing_kernels(family, acc_format, fma):
             means[group] = mean
             variances[group] = variance if count - ddof > 0 else compute_type(np.nan)
 
-    kernels = {"finalize": targets.gpu_kernel(finalize_groups)}
-    if family == algorithms.CENTERED_SUMS:
-        kernels["pass_one_means"] = targets.gpu_kernel(pass_one_means)
-    return kernels
+    return targets.gpu_kernel(finalize_groups)
 
 
 # ---- launch geometry -------------------------------------------------------------------------------
@@ -380,6 +421,7 @@ class Launch:
     kernel: str
     threads_per_block: int
     cuda_blocks: int
+    states: int          # lane states a CUDA block keeps in shared memory
     blocks: int          # topology blocks (units) per group
     block: int           # elements per unit
     tiles: int = 1       # rows kernel: column tiles per block of rows
@@ -400,7 +442,7 @@ def plan(view, topology, threads_per_block):
         threads = max(threads_per_block, lanes)
         sets = threads // lanes
         units = view.group_count * blocks
-        return Launch(SEGMENTS, threads, -(-units // sets), blocks, block)
+        return Launch(SEGMENTS, threads, -(-units // sets), threads, blocks, block)
     # rows: a block of B elements is B / Q whole rows (Q divides lanes, which divides B)
     sets = max(1, min(STATE_CAPACITY // lanes, view.kept_inner))
     tile_width = sets * view.reduced_inner
@@ -408,7 +450,8 @@ def plan(view, topology, threads_per_block):
     block_rows = block // view.reduced_inner
     blocks = -(-view.reduced_outer // block_rows)
     threads = min(threads_per_block, sets * lanes)
-    return Launch(ROWS, threads, view.kept_outer * blocks * tiles, blocks, block, tiles, tile_width)
+    return Launch(ROWS, threads, view.kept_outer * blocks * tiles, sets * lanes, blocks, block, tiles,
+                  tile_width)
 
 
 def check_options(fma, threads_per_block):
@@ -425,12 +468,29 @@ def device_input(x4, input_format):
     """A flat, C-contiguous device array of the kernel input (16-bit formats as uint16 bits)."""
     if isinstance(x4, np.ndarray):
         return cuda.to_device(x4.reshape(-1))
-    array = cuda.as_cuda_array(x4)
+    array = x4 if getattr(x4, "__cuda_ndarray__", False) else cuda.as_cuda_array(x4)
     if not array.is_c_contiguous():
         raise ValueError("x must be C-contiguous when it is a device array")
     if input_format in ("float16", "bfloat16") and array.dtype != np.uint16:
         array = array.view(np.uint16)
     return array.reshape(array.size)
+
+
+#: device buffers reused across calls, per thread: (name, size, dtype, thread) -> device array
+WORKSPACE = {}
+
+
+def workspace(name, size, dtype, fill=None):
+    """A device array reused by every call of this thread with the same (name, size, dtype): a
+    cudaMalloc per call costs about as much as reducing a 100 MB tensor. ``fill``: its value when
+    created (buffers that no kernel writes, such as the zero centers)."""
+    key = (name, size, np.dtype(dtype).str, threading.get_ident())
+    array = WORKSPACE.get(key)
+    if array is None:
+        array = (cuda.device_array(size, dtype) if fill is None
+                 else cuda.to_device(np.full(size, fill, dtype)))
+        WORKSPACE[key] = array
+    return array
 
 
 def moments(x4, view, algorithm, topology, ddof, input_format, acc_format, *, fma="separate",
@@ -454,41 +514,46 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format, *, fm
     groups = view.group_count
     units = groups * launch.blocks
     reduce = reduction_kernels(rule.family, input_format, acc_format, fma)[launch.kernel]
-    finishing = finishing_kernels(rule.family, acc_format, fma)
     finish_threads = min(FINISH_THREADS, max(1, launch.blocks // 2))
 
-    def reduce_units(family_kernel, centers):
-        counts = cuda.device_array(units, np.int64)
-        firsts = cuda.device_array(units, compute_type)
-        seconds = cuda.device_array(units, compute_type)
-        shape = (view.reduced_outer, view.kept_inner, view.reduced_inner)
-        if launch.kernel == SEGMENTS:
-            family_kernel[launch.cuda_blocks, launch.threads_per_block](
-                x, centers, *shape, view.group_size, launch.block, launch.blocks, units,
-                topology.lanes, counts, firsts, seconds)
-        else:
-            family_kernel[launch.cuda_blocks, launch.threads_per_block](
-                x, centers, *shape, launch.block // view.reduced_inner, launch.blocks, launch.tiles,
-                launch.tile_width, topology.lanes, counts, firsts, seconds)
-        return counts, firsts, seconds
+    counts = workspace("counts", units, np.int64)
+    firsts = workspace("firsts", units, compute_type)
+    seconds = workspace("seconds", units, compute_type)
 
-    centers = cuda.to_device(np.zeros(groups, compute_type))
+    def reduce_units(family_kernel, centers):
+        shape = (view.reduced_outer, view.kept_inner, view.reduced_inner)
+        configured = family_kernel[launch.cuda_blocks, launch.threads_per_block, 0,
+                                   shared_bytes(launch.states, acc_format)]
+        if launch.kernel == SEGMENTS:
+            configured(x, centers, *shape, view.group_size, launch.block, launch.blocks, units,
+                       topology.lanes, counts, firsts, seconds)
+        else:
+            configured(x, centers, *shape, launch.block // view.reduced_inner, launch.blocks,
+                       launch.tiles, launch.tile_width, topology.lanes, counts, firsts, seconds)
+
+    centers = workspace("zero_centers", groups, compute_type, fill=0)
     if rule.code == algorithms.SHIFTED:
-        first_element_kernel(input_format, acc_format, fma)[-(-groups // 128), 128](
+        centers = workspace("centers", groups, compute_type)
+        first_element_kernel(input_format, acc_format)[-(-groups // 128), 128](
             x, view.reduced_outer, view.kept_inner, view.reduced_inner, groups, centers)
     elif rule.passes == 2:
         pass_one = reduction_kernels(algorithms.CENTERED_SUMS, input_format, acc_format,
                                      fma)[launch.kernel]
-        counts, firsts, seconds = reduce_units(pass_one, centers)
-        finishing["pass_one_means"][groups, finish_threads](counts, firsts, seconds, launch.blocks,
-                                                           centers)
-    counts, firsts, seconds = reduce_units(reduce, centers)
-    means = cuda.device_array(groups, compute_type)
-    variances = cuda.device_array(groups, compute_type)
-    finishing["finalize"][groups, finish_threads](rule.code, counts, firsts, seconds, launch.blocks,
-                                                   centers, ddof, means, variances)
+        reduce_units(pass_one, centers)
+        centers = workspace("centers", groups, compute_type)
+        pass_one_kernel(acc_format)[groups, finish_threads](counts, firsts, seconds, launch.blocks,
+                                                            centers)
+    reduce_units(reduce, centers)
+    on_host = isinstance(x4, np.ndarray)
+    # results returned on the device are the caller's; those copied to the host are not
+    means = workspace("means", groups, compute_type) if on_host else cuda.device_array(
+        groups, compute_type)
+    variances = workspace("variances", groups, compute_type) if on_host else cuda.device_array(
+        groups, compute_type)
+    finalize_kernel(rule.family, acc_format, fma)[groups, finish_threads](
+        rule.code, counts, firsts, seconds, launch.blocks, centers, ddof, means, variances)
     details = (("fma", fma), ("lanes", topology.lanes), ("block", launch.block)) + launch.details()
-    if isinstance(x4, np.ndarray):
+    if on_host:
         return means.copy_to_host(), variances.copy_to_host(), f"cuda_{launch.kernel}", details
     return means, variances, f"cuda_{launch.kernel}", details
 
@@ -519,9 +584,10 @@ FORMAT_PAIRS = tuple((input_format, acc_format) for input_format in precision.FO
 FAMILIES = (algorithms.CENTERED_SUMS, algorithms.WELFORD_UPDATES, algorithms.CHAN_UPDATES)
 
 
-def specializations(fma_modes=targets.FMA_MODES):
+def specializations():
     """``(label, fma, python function, numba signature)`` of every kernel specialization, typed as a
-    launch types its arguments (Python ints are int64, device arrays 1-D C-contiguous)."""
+    launch types its arguments (Python ints are int64, device arrays 1-D C-contiguous). Kernels that
+    multiply nothing have one build for both FMA modes, labelled fma "none"."""
     from numba import from_dtype, types
 
     def array(dtype):
@@ -531,27 +597,31 @@ def specializations(fma_modes=targets.FMA_MODES):
         return np.uint16 if input_format in ("float16", "bfloat16") else np.dtype(input_format)
 
     integer = types.int64
-    for fma in fma_modes:
+    counts = array(np.int64)
+    for fma in targets.FMA_MODES:
         for input_format, acc_format in FORMAT_PAIRS:
             x, state = array(kernel_dtype(input_format)), array(compute_type_of(acc_format))
-            counts = array(np.int64)
             for family in FAMILIES:
                 kernels = reduction_kernels(family, input_format, acc_format, fma)
-                yield (f"{family}/{SEGMENTS}/{input_format}->{acc_format}", fma,
-                       kernels[SEGMENTS].py_func,
-                       types.void(x, state, *[integer] * 8, counts, state, state))
-                yield (f"{family}/{ROWS}/{input_format}->{acc_format}", fma, kernels[ROWS].py_func,
-                       types.void(x, state, *[integer] * 8, counts, state, state))
-            yield (f"first_elements/{input_format}->{acc_format}", fma,
-                   first_element_kernel(input_format, acc_format, fma).py_func,
-                   types.void(x, *[integer] * 4, state))
+                for kind in (SEGMENTS, ROWS):
+                    yield (f"{family}/{kind}/{input_format}->{acc_format}", fma,
+                           kernels[kind].py_func,
+                           types.void(x, state, *[integer] * 8, counts, state, state))
         for acc_format in precision.FORMATS:
-            state, counts = array(compute_type_of(acc_format)), array(np.int64)
+            state = array(compute_type_of(acc_format))
             for family in FAMILIES:
-                for name, kernel in finishing_kernels(family, acc_format, fma).items():
-                    signature = (types.void(integer, counts, state, state, integer, state, integer,
-                                            state, state) if name == "finalize"
-                                 else types.void(counts, state, state, integer, state))
-                    yield f"{family}/{name}/{acc_format}", fma, kernel.py_func, signature
+                yield (f"{family}/finalize/{acc_format}", fma,
+                       finalize_kernel(family, acc_format, fma).py_func,
+                       types.void(integer, counts, state, state, integer, state, integer, state,
+                                  state))
+    for input_format, acc_format in FORMAT_PAIRS:
+        x, state = array(kernel_dtype(input_format)), array(compute_type_of(acc_format))
+        yield (f"first_elements/{input_format}->{acc_format}", "none",
+               first_element_kernel(input_format, acc_format).py_func,
+               types.void(x, *[integer] * 4, state))
+    for acc_format in precision.FORMATS:
+        state = array(compute_type_of(acc_format))
+        yield (f"pass_one_means/{acc_format}", "none", pass_one_kernel(acc_format).py_func,
+               types.void(counts, state, state, integer, state))
     for dtype in (np.float32, np.float64):
         yield f"clamp/{np.dtype(dtype).name}", "none", clamp_kernel().py_func, types.void(array(dtype))

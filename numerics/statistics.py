@@ -91,7 +91,7 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu" and device_options:
         raise TypeError(f"unexpected keyword arguments for device='cpu': {sorted(device_options)}")
-    if device == "cpu" and not isinstance(x, np.ndarray):
+    if device == "cpu" and is_device_array(x):
         raise ValueError("x is a device array: pass device='cuda', or copy it to the host first")
 
     kernel_input, kernel_format = kernel_input_of(x, input_format, acc_format)
@@ -129,9 +129,16 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     return Moments(mean, var, run)
 
 
+def is_device_array(x):
+    """A CUDA device array: one exporting ``__cuda_array_interface__`` (numba, CuPy, PyTorch), or a
+    numba device array, the simulator's included (which exports no interface)."""
+    return not isinstance(x, np.ndarray) and (hasattr(x, "__cuda_array_interface__")
+                                              or getattr(x, "__cuda_ndarray__", False))
+
+
 def as_array(x):
     """``x`` as a numpy array in native byte order; device arrays pass through untouched."""
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+    if is_device_array(x):
         return x
     x = np.asarray(x)
     if not x.dtype.isnative:
@@ -143,7 +150,7 @@ def kernel_input_of(x, input_format, acc_format):
     """The C-contiguous array the kernels read and its format. Input wider than the accumulator is
     rounded to the accumulator's format here, once (a float64 value rounded to float32 inside the
     kernel is one rounding too; only float64 -> 16-bit needs the host to avoid double rounding)."""
-    on_device = hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
+    on_device = is_device_array(x)
     if input_format == "float64" and acc_format in ("float16", "bfloat16"):
         if on_device:
             raise ValueError(f"a float64 device array with acc_dtype={acc_format!r}: convert x to "

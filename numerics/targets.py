@@ -58,17 +58,33 @@ def cpu_inline(function):
     return njit(function)
 
 
+def specialized(function, tag):
+    """``function`` with ``tag`` appended to its qualname. Numba names compiled code after the
+    qualname plus a per-process counter and links each callee into every library that calls it
+    under that name; closures built by one factory for several formats share qualname and often
+    signature (float16 and bfloat16 accumulators both compute in float32), so a kernel loaded from
+    the disk cache could resolve a callee to another format's code compiled in this process
+    (reproduced: acc_dtype="float16" then returned bfloat16 results). Every CPU closure carries
+    its specialization in its name."""
+    function.__qualname__ = f"{function.__qualname__}__{tag}"
+    return function
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_scalar_functions(input_format, acc_format):
     """The scalar functions compiled for the CPU (numba.njit, inlined into the kernels)."""
-    return scalar_functions(cpu_inline, input_format, acc_format)
+    def decorate(function):
+        return cpu_inline(specialized(function, f"{input_format}_{acc_format}"))
+
+    return scalar_functions(decorate, input_format, acc_format)
 
 
 def cpu_kernel(function):
-    """A CPU driver: parallel over fixed work units, cached on disk (numerics.cache keys the cache
-    on the package sources, ARCHITECTURE.md trap 5)."""
+    """A CPU driver: run on fixed ranges of work units by the threads of numerics.cpu (it releases
+    the GIL), cached on disk (numerics.cache keys the cache on the package sources,
+    ARCHITECTURE.md trap 5)."""
     from numba import njit
-    return njit(parallel=False, cache=True, nogil=True)(function)
+    return njit(cache=True, nogil=True)(function)
 
 
 def cpu_serial(function):
@@ -103,22 +119,21 @@ def gpu_products(fma):
         if simulated:
             def product(a, b):
                 return a * b
-
-            def fused_multiply_add(a, b, c):
-                return a * b + c
         else:
             product = libdevice.fmul_rn if compute_type is np.float32 else libdevice.dmul_rn
-            fused_multiply_add = cuda.fma
 
         def mul(a, b):
             return rnd(product(a, b))
 
-        if fma == "fused":
-            def mul_add(a, b, c):
-                return rnd(fused_multiply_add(a, b, c))
-        else:
+        if fma == "separate":
             def mul_add(a, b, c):
                 return rnd(rnd(product(a, b)) + c)
+        elif simulated:
+            def mul_add(a, b, c):
+                return rnd(a * b + c)  # what the simulator's cuda.fma computes
+        else:
+            def mul_add(a, b, c):
+                return rnd(cuda.fma(a, b, c))
         return mul, mul_add
 
     return products
@@ -129,8 +144,11 @@ def gpu_inline(function):
     fail in real NVVM (ARCHITECTURE.md section 2), so every helper a kernel calls goes through here.
     The inlining is LLVM's (``forceinline``), not numba's (``inline="always"``): numba's IR inlining
     copies the callee's IR at every call site and re-types it, which took 10 to 40 s per kernel
-    here; this way each device function is compiled once per signature and NVVM inlines it."""
-    from numba import cuda
+    here; this way each device function is compiled once per signature and NVVM inlines it. The
+    simulator's jit takes no ``forceinline`` (it compiles nothing: device functions are Python calls)."""
+    from numba import config, cuda
+    if config.ENABLE_CUDASIM:
+        return cuda.jit(device=True)(function)
     return cuda.jit(device=True, forceinline=True)(function)
 
 

@@ -52,7 +52,7 @@ TOPOLOGIES = {
     "lanes": Topology(32, 0, "lanes"),
     "pairwise": Topology(1, 1, "pairwise"),
     "tree": Topology(1, 64, "tree"),
-    "blocked": Topology(32, 4096, "blocked"),
+    "blocked": Topology(64, 8192, "blocked"),
 }
 
 #: the fast order every rule runs with unless told otherwise

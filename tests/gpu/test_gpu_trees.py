@@ -1,0 +1,66 @@
+"""The two parallel merge trees of the GPU kernels (numerics.gpu.lane_tree and block_tree) merge in
+exactly the order of the topology's sequential ones (numerics.topology.lane_merger and
+block_merger), shown with a merge that is neither commutative nor associative, so that the result
+names the whole tree: every pair, and which side of it each operand was on. Real rules often round
+both ways alike on random data; this merge never does."""
+import numpy as np
+import pytest
+from numba import cuda
+
+from numerics import gpu, targets, topology
+from gpu_cases import requires_kernels
+
+pytestmark = requires_kernels
+
+
+def ordered_merge(count_a, first_a, second_a, count_b, first_b, second_b):
+    # exact in float64 for these sizes: 3 * left + right, and the depth in `second`
+    return count_a + count_b, first_a * 3.0 + first_b, max(second_a, second_b) + 1.0
+
+
+@pytest.mark.parametrize("lanes, sets", [(1, 4), (2, 3), (8, 2), (32, 2), (64, 2), (128, 1),
+                                         (256, 1)])
+def test_the_lane_tree_is_the_topology_lane_tree(lanes, sets):
+    merge = targets.gpu_inline(ordered_merge)
+    merge_sets = targets.gpu_inline(gpu.lane_tree(merge))
+    lane_states = targets.gpu_inline(gpu.shared_states(np.float64))
+
+    def merge_lanes(lanes, out_counts, out_firsts, out_seconds):
+        thread = np.int64(cuda.threadIdx.x)
+        threads = np.int64(cuda.blockDim.x)
+        counts, firsts, seconds = lane_states(threads)
+        counts[thread] = 1
+        firsts[thread] = np.float64(thread % lanes)
+        seconds[thread] = 0.0
+        merge_sets(counts, firsts, seconds, threads // lanes, lanes, thread, threads)
+        if thread % lanes == 0:
+            out_counts[thread // lanes] = counts[thread]
+            out_firsts[thread // lanes] = firsts[thread]
+            out_seconds[thread // lanes] = seconds[thread]
+
+    out = (np.zeros(sets, np.int64), np.zeros(sets), np.zeros(sets))
+    threads = lanes * sets
+    cuda.jit(merge_lanes)[1, threads, 0, gpu.shared_bytes(threads, "float64")](lanes, *out)
+
+    counts, firsts, seconds = [1] * lanes, [float(lane) for lane in range(lanes)], [0.0] * lanes
+    topology.lane_merger(ordered_merge)(counts, firsts, seconds, lanes)
+    assert out[0].tolist() == [lanes] * sets
+    assert out[1].tolist() == [firsts[0]] * sets
+    assert out[2].tolist() == [seconds[0]] * sets
+
+
+@pytest.mark.parametrize("units, threads", [(1, 1), (2, 1), (5, 2), (13, 4), (40, 8)])
+def test_the_block_tree_is_the_topology_block_tree(units, threads):
+    merge_units = targets.gpu_inline(gpu.block_tree(targets.gpu_inline(ordered_merge)))
+
+    def merge_blocks(units, counts, firsts, seconds):
+        merge_units(counts, firsts, seconds, np.int64(0), units, np.int64(cuda.threadIdx.x),
+                    np.int64(cuda.blockDim.x))
+
+    counts, firsts, seconds = np.ones(units, np.int64), np.arange(units, dtype=np.float64), \
+        np.zeros(units)
+    cuda.jit(merge_blocks)[1, threads](units, counts, firsts, seconds)
+
+    expected = [1] * units, [float(unit) for unit in range(units)], [0.0] * units
+    topology.block_merger(ordered_merge)(*expected, units)
+    assert (counts[0], firsts[0], seconds[0]) == (units, expected[1][0], expected[2][0])
