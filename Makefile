@@ -1,5 +1,4 @@
-# numerics: `make test` runs the suite, `make study` writes reports/, `make bench` the performance
-# report. Each sets up .venv/ (pinned, from pyproject.toml) on first use. On a machine without a
+# numerics: `make test` runs the suite, `make study` writes reports/. Each sets up .venv/ (pinned, from pyproject.toml) on first use. On a machine without a
 # package registry, PYTHON=python3 skips the virtual environment (e.g. `make gpu-check PYTHON=python3`).
 
 VENV := .venv
@@ -13,7 +12,7 @@ endif
 SOURCES := $(wildcard numerics/*.py)
 STUDIES := $(wildcard studies/*.py)
 
-.PHONY: install test test-cpu test-gpu-simulator study bench gpu-compile gpu-check clean-cache clean
+.PHONY: install test test-cpu test-gpu-simulator study gpu-compile gpu-check clean-cache clean
 
 install: $(SETUP)
 
@@ -40,9 +39,6 @@ gpu-check: $(SETUP)
 
 study: $(SETUP)
 	$(PYTHON) -m studies.run_all
-
-bench: $(SETUP)
-	$(PYTHON) -m studies.performance
 
 clean-cache:
 	rm -rf $${NUMERICS_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/numerics}

@@ -87,8 +87,8 @@ def run(settings):
         "output_scale_torch_vs_flax": "output scale, n−1 vs n running var"})
     three = {column: (lambda value: "NaN" if np.isnan(value) else f"{value:.3f}")
              for column in table.columns[1:]}
-    body = f"""{groups} groups of n standard-normal float32 values per row (population variance 1),
-numerics' default rule; "mean var" averages over the groups, var₁/var₀ is the median ratio of the
+    body = f"""{groups} groups (rows) of n standard-normal float32 values each (population variance
+1), numerics' default rule; "mean var" averages over the groups, var₁/var₀ is the median ratio of the
 unbiased to the biased variance of a group (n/(n − 1) up to rounding). The last column is how much
 a network's inference output changes between a framework that keeps an unbiased running variance
 (PyTorch, TF fused, Caffe, cuDNN, apex) and one that keeps the biased one (Keras 3, Flax, MXNet
