@@ -1,8 +1,8 @@
 """CPU drivers: numba kernels that walk the canonical view in the order the topology defines.
 
 Work is cut into fixed units (one block of one group, or one block of rows for every group of a
-strided layout) whose states merge in the topology's fixed trees, so the answer is bitwise the same
-whatever the thread count (ARCHITECTURE.md trap 4). Two kernels realise the same order:
+strided layout) whose states merge in the topology's fixed trees, so the answer cannot depend on
+how many threads run the units (ARCHITECTURE.md trap 4); today one thread runs them. Two kernels realise the same order:
 
 - ``segments``: any layout. A group is a sequence of contiguous runs of ``reduced_inner`` elements;
   inside each run, full chunks of ``lanes`` elements update the lanes side by side (the SIMD path).
@@ -14,7 +14,6 @@ whatever the thread count (ARCHITECTURE.md trap 4). Two kernels realise the same
 import functools
 
 import numpy as np
-from numba import prange
 
 from . import algorithms, precision, targets
 
@@ -83,7 +82,7 @@ def kernels(family, input_format, acc_format):
         block_counts = np.zeros((groups, blocks), np.int64)
         block_firsts = np.empty((groups, blocks), compute_type)
         block_seconds = np.empty((groups, blocks), compute_type)
-        for unit in prange(groups * blocks):
+        for unit in range(groups * blocks):
             group = unit // blocks
             b = unit - group * blocks
             k1 = group // kept_inner
@@ -96,7 +95,7 @@ def kernels(family, input_format, acc_format):
             (block_counts[group, b], block_firsts[group, b],
              block_seconds[group, b]) = segments_block_state(x4, k1, k2, start, stop, lanes,
                                                              centers[k1, k2], counts, firsts, seconds)
-        for group in prange(groups):
+        for group in range(groups):
             merge_blocks(block_counts[group], block_firsts[group], block_seconds[group], blocks)
             out_counts[group] = block_counts[group, 0]
             out_firsts[group] = block_firsts[group, 0]
@@ -112,7 +111,7 @@ def kernels(family, input_format, acc_format):
         block_firsts = np.empty((kept_outer, kept_inner, blocks), compute_type)
         block_seconds = np.empty((kept_outer, kept_inner, blocks), compute_type)
         zero = to_acc(0)
-        for unit in prange(kept_outer * blocks):
+        for unit in range(kept_outer * blocks):
             k1 = unit // blocks
             b = unit - k1 * blocks
             lane_counts = np.zeros((lane_rows, width), np.int64)
@@ -146,7 +145,7 @@ def kernels(family, input_format, acc_format):
                 block_counts[k1, k2, b] = counts[0]
                 block_firsts[k1, k2, b] = firsts[0]
                 block_seconds[k1, k2, b] = seconds[0]
-        for group in prange(kept_outer * kept_inner):
+        for group in range(kept_outer * kept_inner):
             k1 = group // kept_inner
             k2 = group - k1 * kept_inner
             merge_blocks(block_counts[k1, k2], block_firsts[k1, k2], block_seconds[k1, k2], blocks)
