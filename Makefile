@@ -1,4 +1,5 @@
-# numerics: `make test` runs the suite, `make study` writes reports/. Each sets up .venv/ (pinned, from pyproject.toml) on first use. On a machine without a
+# numerics: `make test` runs the suite, `make study` writes reports/, `make bench` the performance
+# report. Each sets up .venv/ (pinned, from pyproject.toml) on first use. On a machine without a
 # package registry, PYTHON=python3 skips the virtual environment (e.g. `make gpu-check PYTHON=python3`).
 
 VENV := .venv
@@ -12,7 +13,7 @@ endif
 SOURCES := $(wildcard numerics/*.py)
 STUDIES := $(wildcard studies/*.py)
 
-.PHONY: install test test-cpu test-gpu-simulator study gpu-compile gpu-check clean-cache clean
+.PHONY: install test test-cpu test-gpu-simulator study bench gpu-compile gpu-check clean-cache clean
 
 install: $(SETUP)
 
@@ -24,8 +25,12 @@ $(VENV)/installed: pyproject.toml
 
 test: test-cpu test-gpu-simulator
 
+# two workers (the CI machine's cores); tests/conftest.py keeps each input format's tests on one
+# worker, numerics/cache.py makes their shared kernel cache safe to write at once
+TEST_WORKERS ?= 2
+
 test-cpu: $(SETUP)
-	$(PYTHON) -m pytest tests --ignore=tests/gpu -q
+	$(PYTHON) -m pytest tests --ignore=tests/gpu -q -n $(TEST_WORKERS) --dist loadgroup
 
 # the GPU kernels under numba-cuda's simulator (no GPU needed), then compiled to real PTX
 test-gpu-simulator: $(SETUP)
@@ -39,6 +44,9 @@ gpu-check: $(SETUP)
 
 study: $(SETUP)
 	$(PYTHON) -m studies.run_all
+
+bench: $(SETUP)
+	$(PYTHON) -m studies.performance
 
 clean-cache:
 	rm -rf $${NUMERICS_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/numerics}

@@ -71,6 +71,24 @@ def closure_fingerprint(function):
     return digest.hexdigest()
 
 
+class KeyNamedCacheFile(caching.IndexDataCacheFile):
+    """Numba's index and data files, with each data file named by a digest of its key instead of
+    the first free number. Numba picks that number from the index it has just read, so two
+    processes compiling the same function at once (the test suite's workers, two studies) can
+    pick the same file for different signatures, and an index entry then points at another
+    signature's machine code: a wrong result or a crash (seen once here). Named by key, a data
+    file only ever holds that key's code; the data is written before the index that names it;
+    an index entry lost to a concurrent rewrite only costs a recompilation."""
+
+    def save(self, key, data):
+        data_name = "%s.%s.nbc" % (self._index_name[:-len(".nbi")],
+                                   hashlib.sha256(repr(key).encode()).hexdigest()[:16])
+        self._save_data(data_name, data)
+        overloads = self._load_index()
+        overloads[key] = data_name
+        self._save_index(overloads)
+
+
 def install():
     if PackageSourceLocator not in caching.CacheImpl._locator_classes:
         caching.CacheImpl._locator_classes.insert(0, PackageSourceLocator)
@@ -86,3 +104,12 @@ def install():
 
     index_key.numerics = True
     caching.Cache._index_key = index_key
+    numba_cache_init = caching.Cache.__init__
+
+    def cache_init(self, py_func):
+        numba_cache_init(self, py_func)
+        if isinstance(self._impl.locator, PackageSourceLocator):
+            self._cache_file = KeyNamedCacheFile(self._cache_path, self._impl.filename_base,
+                                                 self._impl.locator.get_source_stamp())
+
+    caching.Cache.__init__ = cache_init

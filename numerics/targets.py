@@ -80,10 +80,9 @@ def cpu_scalar_functions(input_format, acc_format):
 
 
 def cpu_kernel(function):
-    """A CPU driver over fixed work units, cached on disk (numerics.cache keys the cache on the
-    package sources, ARCHITECTURE.md trap 5). It releases the GIL so that units can run on several
-    threads; the drivers run them in one thread for now (issue 4 holds the parallel speed work),
-    which cannot change a bit: the units and their merge trees are fixed."""
+    """A CPU driver: run on fixed ranges of work units by the threads of numerics.cpu (it releases
+    the GIL), cached on disk (numerics.cache keys the cache on the package sources,
+    ARCHITECTURE.md trap 5)."""
     from numba import njit
     return njit(cache=True, nogil=True)(function)
 

@@ -38,7 +38,7 @@ def gpu_and_replay(x, norm, groups, layout, algorithm, topology, acc_format, ddo
     """The GPU result, after checking (fma "separate") that the plain-Python replay of the same
     topology (numerics.replay, the specification every kernel reproduces) gives the same bits,
     and with ``with_cpu_kernels`` the compiled CPU kernels too. The CPU kernels compile per rule
-    family, format pair and lane count (seconds each), so the big matrices compare with the replay,
+    family, format pair and vector or scalar path (seconds each), so the big matrices compare with the replay,
     which tests/test_replay.py in turn holds the CPU kernels to."""
     options = dict(groups=groups, layout=layout, algorithm=algorithm, ddof=ddof,
                    acc_dtype=acc_format, topology=topology)
