@@ -391,20 +391,22 @@ CAUSES = (
      "two-pass-quality one) or a tensor that fits in L3."),
     ("float64 accumulation",
      lambda cell: cell.acc_dtype == "float64",
-     "compute-bound: an AVX2 register holds 4 float64 lanes, and a push is 4 (naive: 3) "
-     "floating-point operations per element besides the conversion from float32 (Welford: 6 "
-     "and a divide, 4 per 4.5 cycles here; Chan: 7), on 2 add and 2 multiply pipes per core. "
-     "Two cores at 3.2 GHz then process about 7 to 12 G elements/s against the 20 G float32 "
-     "elements/s of 79 GB/s. Closing it needs wider vectors (AVX-512) or more cores, or "
-     "float32 accumulation."),
+     "arithmetic-bound: an AVX2 register holds 4 float64 lanes against 8 float32 ones, so every "
+     "push costs twice the vector instructions per element, plus the conversion of each float32 "
+     "element. The measured shares fall with the operations per push (naive, shifted, "
+     "parallel_merge, welford in the table of every precision below), as arithmetic-bound code "
+     "does and memory-bound code would not. An estimate, not a measurement: a Zen 3 core (this "
+     "machine's AMD EPYC, family 25, AVX2 and no AVX-512) retires 2 float64 additions and 2 "
+     "multiplications of 4 lanes per cycle, and a float64 Welford push is 6 operations and a "
+     "divide. Closing it needs wider vectors (AVX-512), more cores, or float32 accumulation."),
     ("Welford's divide",
      lambda cell: cell.algorithm == "welford",
-     "each element needs a correctly rounded division by its lane's count; vdivps retires 8 "
-     "lanes per about 3.5 cycles: about 29 GB/s of float32 input per core at 3.2 GHz, a ceiling "
-     "of about 58 GB/s on two cores, below 80 % of the 79 GB/s this machine reads when it is "
-     "quiet (on a contended run the per-block bookkeeping below weighs as much). A reciprocal "
-     "times the delta is not the same number; an exact Markstein division (reciprocal, two FMAs, "
-     "a fallback for non-finite and subnormal deltas) would take about 2 cycles per 8 lanes."),
+     "each element needs a correctly rounded division by its lane's count, and a vector divide "
+     "is several times slower than an addition (instruction tables for Zen 3: one 8-lane float32 "
+     "divide per about 3.5 cycles; an estimate, not measured here), so Welford trails the other "
+     "one-pass rules in every table. A reciprocal times the delta is not the same number; an "
+     "exact Markstein division (reciprocal, two FMAs, a fallback for non-finite and subnormal "
+     "deltas) would keep the bits and cost less."),
     ("two passes of arithmetic",
      lambda cell: cell.algorithm in ("two_pass", "corrected_two_pass"),
      "pass 2 finds its data in cache (groups go through both passes a few hundred KiB at a time, "
