@@ -646,12 +646,12 @@ def run_split(kernel, items, leading, make_scratch, outputs, threads):
     """``kernel(*leading, lo, hi, scratch, *outputs)`` over items 0..items-1 cut into ``threads``
     contiguous ranges, one per thread, each with its own ``make_scratch()`` (the kernels release
     the GIL). Which thread runs which range never changes a result: every unit's state is
-    computed and stored on its own."""
+    computed and stored on its own. Returns how many threads ran."""
     global _POOL
     threads = max(1, min(threads, items))
     if threads == 1:
         kernel(*leading, 0, items, make_scratch(), *outputs)
-        return
+        return 1
     if _POOL is None or _POOL._max_workers < threads:
         _POOL = ThreadPoolExecutor(max(threads, numba.config.NUMBA_NUM_THREADS),
                                    thread_name_prefix="numerics-cpu")
@@ -661,11 +661,13 @@ def run_split(kernel, items, leading, make_scratch, outputs, threads):
                for t in range(threads)]
     for future in futures:
         future.result()
+    return threads
 
 
 def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
-    """(means, variances, kernel name) of every group of the canonical view ``x4`` (a C-contiguous
-    array of shape view.view_shape, 16-bit formats as uint16 bit patterns), in the compute type."""
+    """(means, variances, kernel name, details) of every group of the canonical view ``x4`` (a
+    C-contiguous array of shape view.view_shape, 16-bit formats as uint16 bit patterns), in the
+    compute type; details say how many threads ran and whether the two passes were fused."""
     rule = algorithms.ALGORITHMS[algorithm]
     kernel = kernel_for(view, topology)
     compiled = kernels(rule.family, input_format, acc_format,
@@ -700,25 +702,28 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
     def reduce(mode):
         leading = ((data, centers, mode, lanes, block) if kernel == SEGMENTS
                    else (data, centers, mode, lanes, shape, block))
-        run_split(compiled["units"], units, leading, make_scratch, outputs, threads)
+        ran = run_split(compiled["units"], units, leading, make_scratch, outputs, threads)
         merge_groups(blocks, *outputs)
+        return ran
 
     if rule.code == algorithms.SHIFTED:
         first_elements(x4, centers)
-    if rule.passes == 2 and owners >= threads and (owners % threads == 0 or owners >= 8 * threads):
+    fused = (rule.passes == 2 and owners >= threads
+             and (owners % threads == 0 or owners >= 8 * threads))
+    if fused:
         # every thread owns whole groups (slices): both passes back to back, pass 2 from cache
         leading = ((data, centers, lanes, block) if kernel == SEGMENTS
                    else (data, centers, lanes, shape, block))
-        run_split(compiled["two_pass"], owners, leading, make_scratch, outputs, threads)
+        ran = run_split(compiled["two_pass"], owners, leading, make_scratch, outputs, threads)
         merge_groups(blocks, *outputs)
     elif rule.passes == 2:
-        reduce(FIRST_ONLY)
+        ran = reduce(FIRST_ONLY)
         pass_one_means(blocks, outputs[0], outputs[1], centers)
-        reduce(CENTERED)
+        ran = max(ran, reduce(CENTERED))
     else:
-        reduce(ZERO_CENTER if rule.code == algorithms.NAIVE else CENTERED)
+        ran = reduce(ZERO_CENTER if rule.code == algorithms.NAIVE else CENTERED)
     means = np.empty(groups, compute_type)
     variances = np.empty(groups, compute_type)
     finalize_all(rule.code, blocks, outputs[0], centers, outputs[1], outputs[2], ddof, means,
                  variances)
-    return means, variances, kernel
+    return means, variances, kernel, (("threads", ran), ("fused_two_pass", fused))

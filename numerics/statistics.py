@@ -99,9 +99,9 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     with np.errstate(all="ignore"):
         if device == "cpu":
             from . import cpu
-            means, variances, kernel = cpu.moments(x4, view, algorithm, resolved_topology, ddof,
-                                                   kernel_format, acc_format)
-            details = ()
+            means, variances, kernel, details = cpu.moments(x4, view, algorithm,
+                                                            resolved_topology, ddof,
+                                                            kernel_format, acc_format)
         else:
             from . import gpu
             means, variances, kernel, details = gpu.moments(x4, view, algorithm, resolved_topology,

@@ -61,5 +61,7 @@ def test_bitwise_identical_with_one_and_two_threads(algorithm, norm, groups, lay
                                             algorithm=algorithm))
     finally:
         numba.set_num_threads(previous)
+    threads_that_ran = [dict(result.run.details)["threads"] for result in results]
+    assert threads_that_ran == [1, min(2, numba.config.NUMBA_NUM_THREADS)]
     assert_bitwise_equal(results[0].mean, results[1].mean)
     assert_bitwise_equal(results[0].var, results[1].var)
