@@ -316,13 +316,17 @@ def percent(value):
     return "–" if value is None or pd.isna(value) else f"{100 * value:.0f}"
 
 
+def target_cells(frame, shape, acc_dtype):
+    """The numerics cells the targets are about: float32 input, the most threads measured (2)."""
+    return frame[(frame.kind == "numerics") & (frame["shape"] == shape)
+                 & (frame.input_dtype == "float32") & (frame.acc_dtype == acc_dtype)
+                 & (frame.threads == frame.threads.max())]
+
+
 def target_table(frame, shape, acc_dtype):
     """Rules x (subset, layout): share of the read bandwidth, 2 threads (or the most measured),
     float32 input; a cell below its target is marked."""
-    threads = frame.threads.max()
-    cells = frame[(frame.kind == "numerics") & (frame["shape"] == shape)
-                  & (frame.input_dtype == "float32") & (frame.acc_dtype == acc_dtype)
-                  & (frame.threads == threads)]
+    cells = target_cells(frame, shape, acc_dtype)
     if cells.empty:
         return ""
     columns = [f"{subset} {layout}" for subset in cells.subset.unique() for layout in LAYOUTS]
@@ -340,10 +344,7 @@ def target_table(frame, shape, acc_dtype):
 
 
 def speedup_table(frame, shape, acc_dtype):
-    threads = frame.threads.max()
-    cells = frame[(frame.kind == "numerics") & (frame["shape"] == shape)
-                  & (frame.input_dtype == "float32") & (frame.acc_dtype == acc_dtype)
-                  & (frame.threads == threads)]
+    cells = target_cells(frame, shape, acc_dtype)
     if cells.empty:
         return ""
     table = cells.pivot_table(index="algorithm", columns=["subset", "layout"],
@@ -415,20 +416,20 @@ CAUSES = (
      "deltas) would keep the bits and cost less."),
     ("two passes of arithmetic",
      lambda cell: cell.algorithm in ("two_pass", "corrected_two_pass"),
-     "pass 2 finds its data in cache (groups go through both passes a few hundred KiB at a time, "
-     "LayerNorm slices through L3), but both passes' arithmetic runs per element: the sum of "
-     "pass 1 and the centered sums of pass 2, on two cores."),
+     "the two-pass rules read every group twice. Pass 2 re-reads it from cache (groups go "
+     "through both passes a few hundred KiB at a time, larger LayerNorm groups one at a time "
+     "through the L3), so what pass 2 adds is its cache reads and its arithmetic; how the time "
+     "splits between them was not profiled."),
     ("per-block bookkeeping (segments kernel)",
      lambda cell: True,
-     "the streaming loops themselves run at memory speed (a LayerNorm group in one block reaches "
-     "the probe's bandwidth), but every block of 8192 elements costs a few hundred cycles of "
-     "work that no load overlaps: zeroing its lane states, the first levels of the lane tree, "
-     "copies into the batch whose lane tree runs on vectors, and the tree itself. The smaller "
-     "the group, the larger that share (InstanceNorm: 3136 elements per group). BatchNorm NCHW "
-     "also reads each channel as 32 separate runs of 12.5 KB, each a new stream for the "
-     "hardware prefetcher. What would close it: the whole lane tree of a block in registers "
-     "(shuffles for the levels below one vector), software prefetch of the next run, and "
-     "blocks of 16384 elements (twice the per-lane depth, so a different accuracy trade-off)."),
+     "not profiled; the likely cause is the fixed work of every block of 8192 elements that no "
+     "load overlaps: zeroing its lane states, the first levels of the lane tree, copies into the "
+     "batch whose lane tree runs on vectors, and the tree itself. It weighs more the smaller the "
+     "group (InstanceNorm: 3136 elements per group, one block each). BatchNorm NCHW also reads "
+     "each channel as 32 separate runs of 12.5 KB, each a new stream for the hardware "
+     "prefetcher. What might close it: the whole lane tree of a block in registers (shuffles for "
+     "the levels below one vector), software prefetch of the next run, and blocks of 16384 "
+     "elements (twice the per-lane depth, so a different accuracy trade-off)."),
 )
 
 
