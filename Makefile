@@ -20,7 +20,7 @@ install: $(SETUP)
 $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[gpu,frameworks,test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[gpu,frameworks,study,test]'
 	touch $@
 
 test: test-cpu test-gpu-simulator

@@ -1,0 +1,64 @@
+"""The Study interface: what a study module declares. The runner (studies/engine/runner.py) does
+the rest for every study: seeding, the factor product, execution (serial, local processes, Dask),
+the cell cache, parquet, figures, the report section and provenance.
+
+A study module defines one ``STUDY = Study(...)``:
+
+- ``grid(profile)`` returns the study's named slices for a profile ("smoke", "default", "full");
+  a slice's cells are the product of its factors' values. Factor values are JSON-able scalars
+  (str, int, float, bool, None) so that a cell's settings name it in the cache and in parquet.
+- ``cell(cell)`` is pure: from ``cell.settings`` and ``cell.seed`` alone it computes a list of row
+  dicts (the same cell gives the same bits in any process). A row may carry ``"table": NAME`` to go
+  to another table of the study (default: the study's name); the runner adds the slice name and the
+  settings as columns and writes one parquet file per table: ``data/<table>.parquet``.
+- ``report(results)`` turns the run's tables into the study's report section: markdown tables,
+  figures (``results.figure(...)``), and findings whose prose is a template filled from the data
+  (``results.finding(template, **values)``), never a hand-typed number.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+import itertools
+
+PROFILES = ("smoke", "default", "full")
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A named part of a study's grid: its cells are the product of the factors' values."""
+    name: str
+    factors: Mapping[str, Sequence]
+
+    def settings(self):
+        """Every cell's settings, in a fixed order (the factors' order, then their values')."""
+        names = tuple(self.factors)
+        return [dict(zip(names, values))
+                for values in itertools.product(*(tuple(self.factors[name]) for name in names))]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a study, one of its slices, the settings, and the input seed."""
+    study: str
+    slice: str
+    settings: Mapping
+    seed: int
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a study declares (module docstring).
+
+    ``seed_factors``: the settings that define a cell's input tensor (None: all of them); cells that
+    differ only in other settings (the rule, the precision) see the same input. ``timing_columns``:
+    columns that record wall-clock time, the only ones allowed to differ between two runs.
+    ``serial``: the cells time something and must run one at a time in the main process.
+    """
+    name: str
+    title: str
+    grid: Callable[[str], Sequence[Slice]]
+    cell: Callable[[Cell], list]
+    report: Callable[[object], object]
+    seed_factors: tuple | None = None
+    timing_columns: tuple = ()
+    serial: bool = False
+    description: str = field(default="")
