@@ -1,6 +1,10 @@
 # numerics: `make test` runs the suite, `make study` writes reports/, `make bench` the performance
-# report. Each sets up .venv/ (pinned, from pyproject.toml) on first use. On a machine without a
-# package registry, PYTHON=python3 skips the virtual environment (e.g. `make gpu-check PYTHON=python3`).
+# report, `make notebook` opens JupyterLab on notebooks/. Each sets up .venv/ (pinned, from
+# pyproject.toml) on first use. On a machine without a package registry, PYTHON=python3 skips the
+# virtual environment (e.g. `make gpu-check PYTHON=python3`).
+#
+# `make study PROFILE=smoke|default|full` (default: default); STUDY_OPTIONS passes more options to
+# `python -m studies.run_all`, e.g. STUDY_OPTIONS="--only accuracy --workers 2 --no-cache".
 
 VENV := .venv
 PYTHON ?= $(VENV)/bin/python
@@ -10,10 +14,12 @@ else
 SETUP :=
 endif
 
-SOURCES := $(wildcard numerics/*.py)
-STUDIES := $(wildcard studies/*.py)
+PROFILE ?= default
+OUTPUT ?= reports
+STUDY_OPTIONS ?=
 
-.PHONY: install test test-cpu test-gpu-simulator study bench gpu-compile gpu-check clean-cache clean
+.PHONY: install test test-cpu test-gpu-simulator study bench notebook gpu-compile gpu-check gpu-wheels \
+	clean-cache clean
 
 install: $(SETUP)
 
@@ -39,17 +45,35 @@ test-gpu-simulator: $(SETUP)
 gpu-compile: $(SETUP)
 	$(PYTHON) -m numerics.gpu_compile
 
+# the prepared GPU run (tools/gpu_run.py): environment check, correctness, timings, the GPU test
+# suite on the hardware, the frameworks on the GPU, the report; into $OUT or reports/gpu/
+GPU_PROFILE ?= default
 gpu-check: $(SETUP)
-	$(PYTHON) -m studies.gpu_check
+	$(PYTHON) tools/gpu_run.py run --profile $(GPU_PROFILE)
+
+# here, where pip reaches PyPI: the pinned numba-cuda wheel for the GPU machine's python3
+# (3.12, manylinux x86_64) into build/gpu-wheels/ (ignored), which the device run carries
+gpu-wheels: $(SETUP)
+	$(PYTHON) tools/gpu_run.py download
 
 study: $(SETUP)
-	$(PYTHON) -m studies.run_all
+	$(PYTHON) -m studies.run_all --profile $(PROFILE) --output $(OUTPUT) $(STUDY_OPTIONS)
 
 bench: $(SETUP)
-	$(PYTHON) -m studies.performance
+	$(PYTHON) -m studies.performance --profile $(PROFILE) --output $(OUTPUT)
 
+# JupyterLab (the optional `notebook` dependencies) into .venv, then the lab on notebooks/
+notebook: $(VENV)/notebook-installed
+	$(VENV)/bin/jupyter lab notebooks/
+
+$(VENV)/notebook-installed: $(VENV)/installed
+	$(VENV)/bin/python -m pip install --quiet -e '.[notebook]'
+	touch $@
+
+# the compiled kernels and the study cells (studies/engine/cache.py)
 clean-cache:
 	rm -rf $${NUMERICS_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/numerics}
+	rm -rf $${NUMERICS_CELL_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/numerics/cells}
 
 clean: clean-cache
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -4,6 +4,9 @@ Every statistic is subset x update rule x reduction topology x precision x Besse
 (ARCHITECTURE.md section 1). The public API:
 
 - ``moments(x, norm, ...)``: the statistics, on the CPU or the GPU, with a record of what ran;
+- ``normalize(x, norm, ...)``: the normalized output y = (x − mean)/sqrt(var + eps)·weight + bias,
+  on the CPU or the GPU;
+- ``audit(x, norm, ...)``: every rule, precision and installed framework on one tensor, with a verdict;
 - ``ALGORITHMS``, ``TOPOLOGIES``, ``Topology``: the rules and reduction orders;
 - ``reference``, ``metrics``, ``bounds``, ``data``, ``nist``: exact references, error measures,
   a-priori bounds, seeded inputs and the NIST StRD data (import them as submodules).
@@ -14,10 +17,12 @@ _cache.install()
 
 from . import bounds, data, metrics, nist, reference, replay  # noqa: E402
 from .algorithms import ALGORITHMS  # noqa: E402
+from .audits import audit  # noqa: E402
+from .normalization import normalize  # noqa: E402
 from .precision import FORMATS, unit_roundoff  # noqa: E402
 from .statistics import Moments, Run, moments  # noqa: E402
 from .subsets import LAYOUTS, NORMS, canonical_view  # noqa: E402
 from .topology import DEFAULT_TOPOLOGY, TOPOLOGIES, Topology  # noqa: E402
 
 __all__ = ["bounds", "data", "metrics", "nist", "reference", "replay", "ALGORITHMS", "DEFAULT_TOPOLOGY", "FORMATS", "LAYOUTS", "NORMS", "TOPOLOGIES", "Moments",
-           "Run", "Topology", "canonical_view", "moments", "unit_roundoff"]
+           "Run", "Topology", "audit", "canonical_view", "moments", "normalize", "unit_roundoff"]

@@ -31,7 +31,7 @@ import numpy as np
 from mpmath import libmp
 from numba import njit
 
-from . import precision, subsets
+from . import normalization, precision, statistics, subsets
 
 #: the least precision a caller may ask for: far beyond any float format, so that comparing a
 #: computed float64 with the reference never sees the reference's own rounding
@@ -208,7 +208,7 @@ class _ScaledSums:
 
 
 def _scaled_sums(x, norm, groups, layout):
-    x = np.asarray(x)
+    x = np.asarray(statistics.as_array(x))  # PyTorch CPU tensors too, bfloat16 included
     if x.dtype.kind == "U":
         return _decimal_sums(x, norm)
     if x.dtype.kind in "SO":
@@ -406,3 +406,248 @@ def shifted_condition_number(x, norm=None, *, groups=None, layout="NCHW"):
     topology counts: reduced_outer slow, reduced_inner fast): sqrt(1 + n·(mean − x_first)²/S).
     It governs the "shifted" rule (CGL 1983). Same shapes and special cases as condition_number."""
     return _condition_numbers(_scaled_sums(x, norm, groups, layout), shift_by_first=True)
+
+
+# ---- the exact normalized output ------------------------------------------------------------------
+#
+# y = (x − μ)·w/√v + b per element, with μ and v = σ² + eps the exact rationals of the group (eps
+# and every stored x, w, b read as their exact binary values), correctly rounded to the output
+# format. A fast path computes y in float64 with a rigorous bound E on its error; an element whose
+# interval [ŷ − E, ŷ + E] rounds to one output value at both ends is correctly rounded, because
+# rounding to nearest is monotonic: every real in the interval, y included, rounds to that value.
+# The other elements (near a rounding boundary, or out of float64's safe range) are decided
+# exactly: y − m for a rational m has the sign of A + B/√v with rationals A = b − m, B = (x − μ)·w,
+# which is decided by comparing A²·v with B² — exact Fraction arithmetic, ties included.
+
+#: float64 unit roundoff and the largest absolute rounding error of a result in the subnormal range
+_UNIT = 2.0 ** -53
+_UNDERFLOW = 2.0 ** -1074
+
+
+@dataclass(frozen=True)
+class _GroupScalars:
+    """Per group: the exact mean and v = var + eps (Fractions; v None where the output is NaN),
+    and their float64 pieces: mean = mean_high + mean_low + δ with |δ| <= u|mean_low|, and
+    rstd_high = 1/√v rounded to float64 (|1/√v − rstd_high| <= 2u·rstd_high), NaN if unusable."""
+    means: list
+    totals: list
+    mean_high: np.ndarray
+    mean_low: np.ndarray
+    rstd_high: np.ndarray
+
+
+def _group_scalars(x, norm, groups, layout, eps, ddof):
+    sums = exact_sums(x, norm, groups=groups, layout=layout)
+    count = sums.count
+    means, totals = [], []
+    mean_high, mean_low, rstd_high = [], [], []
+    for sum_x, sum_x2 in zip(sums.sum_x.reshape(-1), sums.sum_x2.reshape(-1)):
+        if not isinstance(sum_x, Fraction) or count - ddof <= 0:
+            means.append(None), totals.append(None)
+            mean_high.append(math.nan), mean_low.append(math.nan), rstd_high.append(math.nan)
+            continue
+        mean = sum_x / count
+        total = (sum_x2 - sum_x * mean) / (count - ddof) + Fraction(eps)
+        means.append(mean)
+        totals.append(total if total > 0 else None)  # v = 0: (x − μ)/√v is 0/0 for every x
+        high = float(mean)  # Fraction -> float is correctly rounded
+        mean_high.append(high)
+        mean_low.append(float(mean - Fraction(high)))
+        if total > 0:
+            with mpmath.workprec(MINIMUM_BITS):
+                root = mpmath.sqrt(mpmath.mpf(total.numerator) / total.denominator)
+                rstd = float(1 / root)
+            rstd_high.append(rstd if 2.0 ** -1000 < rstd < 2.0 ** 1000 else math.nan)
+        else:
+            rstd_high.append(math.nan)
+    return _GroupScalars(means, totals, np.array(mean_high), np.array(mean_low),
+                         np.array(rstd_high))
+
+
+def _fast_output(x_view, scalars, group_shape):
+    """(ŷ0, E0): (x − μ)/√v in float64 over the canonical view and a bound on its error.
+
+    d = (x − mean_high) by TwoSum (s + e exactly), then d̂ = s + (e − mean_low): |d̂ − d| <=
+    u|t| + u|d̂| + u|mean_low| + 3η with t = e − mean_low (η: underflow). ẑ = d̂·rstd_high:
+    |ẑ − d/√v| <= u|ẑ| + η + |d̂|·2u·rstd_high + (1 + 3u)·rstd_high·|d̂ − d|."""
+    values = x_view.astype(np.float64)
+    mean_high = scalars.mean_high.reshape(group_shape)
+    mean_low = scalars.mean_low.reshape(group_shape)
+    rstd = scalars.rstd_high.reshape(group_shape)
+    with np.errstate(all="ignore"):
+        s = values - mean_high
+        virtual = s - values
+        e = (values - (s - virtual)) + (-mean_high - virtual)
+        t = e - mean_low
+        d = s + t
+        d_error = _UNIT * (np.abs(t) + np.abs(d) + np.abs(mean_low)) + 3 * _UNDERFLOW
+        z = d * rstd
+        z_error = (_UNIT * np.abs(z) + _UNDERFLOW + 2 * _UNIT * rstd * np.abs(d)
+                   + (1 + 3 * _UNIT) * rstd * d_error)
+    return z, z_error
+
+
+def _apply_affine_bound(z, z_error, weight, bias):
+    """ŷ = (ẑ·w) + b in float64 (w, b broadcast; exact float64 values) and its error bound."""
+    with np.errstate(all="ignore"):
+        if weight is not None:
+            product = z * weight
+            z_error = _UNIT * np.abs(product) + _UNDERFLOW + np.abs(weight) * z_error
+            z = product
+        if bias is not None:
+            total = z + bias
+            z_error = _UNIT * np.abs(total) + _UNDERFLOW + z_error
+            z = total
+    return z, z_error
+
+
+def _certain_rounding(y, y_error, output_format):
+    """(rounded, certain): y rounded to the output format, and where that is provably the
+    correctly rounded exact value. The bound is inflated by 2**-40 relative, far more than the
+    few roundings of its own float64 evaluation; nextafter moves each end outward past the
+    rounding of ŷ ± E."""
+    with np.errstate(all="ignore"):
+        margin = y_error * (1 + 2.0 ** -40)
+        low = np.nextafter(y - margin, -np.inf)
+        high = np.nextafter(y + margin, np.inf)
+        rounded_low = precision.convert(low, output_format)
+        rounded_high = precision.convert(high, output_format)
+        certain = (rounded_low == rounded_high) & np.isfinite(low) & np.isfinite(high)
+    return rounded_low, certain
+
+
+_UNSIGNED = {"float16": np.uint16, "bfloat16": np.uint16, "float32": np.uint32, "float64": np.uint64}
+
+
+def _ordinal(value, output_format):
+    """The position of a format value in the ordered set of the format's values (±0 → 0)."""
+    dtype = precision.NUMPY_DTYPES[output_format]
+    bits = int(np.array([value], dtype).view(_UNSIGNED[output_format])[0])
+    sign_bit = 1 << (8 * dtype.itemsize - 1)
+    return -(bits ^ sign_bit) if bits & sign_bit else bits
+
+
+def _from_ordinal(ordinal, output_format):
+    """(value as float64, odd): the format value at ``ordinal`` and whether its last bit is 1."""
+    dtype = precision.NUMPY_DTYPES[output_format]
+    sign_bit = 1 << (8 * dtype.itemsize - 1)
+    bits = ordinal if ordinal >= 0 else (-ordinal) | sign_bit
+    value = float(np.array([bits], _UNSIGNED[output_format]).view(dtype)[0])
+    return value, bool(bits & 1)
+
+
+def _sign_of_quadratic(a, b, total):
+    """The sign of a + b/√total (Fractions, total > 0), exactly."""
+    if b == 0 or a == 0 or (a > 0) == (b > 0):
+        return (a > 0) - (a < 0) if a != 0 else (b > 0) - (b < 0)
+    difference = a * a * total - b * b
+    if difference == 0:
+        return 0
+    return ((a > 0) - (a < 0)) if difference > 0 else ((b > 0) - (b < 0))
+
+
+def _boundary_below(ordinal, output_format):
+    """The rounding boundary between the format values at ordinal − 1 and ordinal: their
+    midpoint; next to an infinity, half the last finite spacing past the largest finite value
+    (max + ulp(max)/2, where IEEE 754 overflows)."""
+    lower = _from_ordinal(ordinal - 1, output_format)[0]
+    upper = _from_ordinal(ordinal, output_format)[0]
+    if math.isinf(upper):
+        return Fraction(lower) + (Fraction(lower) - Fraction(_from_ordinal(ordinal - 2,
+                                                                            output_format)[0])) / 2
+    if math.isinf(lower):
+        return Fraction(upper) - (Fraction(_from_ordinal(ordinal + 1, output_format)[0])
+                                  - Fraction(upper)) / 2
+    return (Fraction(lower) + Fraction(upper)) / 2
+
+
+def _exact_rounding(intercept, slope, total, output_format, estimate):
+    """intercept + slope/√total (Fractions, total > 0) correctly rounded to the output format:
+    start from ``estimate`` (a format value near it) and move until the exact value lies between
+    the rounding boundaries on either side; at a boundary, ties go to the neighbour whose last bit
+    is 0 (+inf's pattern is even: max + ulp(max)/2 rounds to inf, as IEEE 754 says)."""
+    ordinal = _ordinal(estimate, output_format)
+    while True:
+        value, odd = _from_ordinal(ordinal, output_format)
+        if value != -math.inf:
+            side = _sign_of_quadratic(intercept - _boundary_below(ordinal, output_format), slope,
+                                      total)
+            if side < 0:
+                ordinal -= 1
+                continue
+            if side == 0 and odd:
+                return _from_ordinal(ordinal - 1, output_format)[0]
+        if value != math.inf:
+            side = _sign_of_quadratic(intercept - _boundary_below(ordinal + 1, output_format),
+                                      slope, total)
+            if side > 0:
+                ordinal += 1
+                continue
+            if side == 0 and odd:
+                return _from_ordinal(ordinal + 1, output_format)[0]
+        return value
+
+
+def _parameter_values(parameter, parameter_view, shape):
+    """A weight or bias as float64 (exact) broadcast to x's shape, or None."""
+    if parameter is None:
+        return None
+    values = np.asarray(parameter).astype(np.float64).reshape(1, -1, 1)
+    return np.broadcast_to(values, parameter_view.shape).reshape(shape)
+
+
+def _decide_exactly(rounded, undecided, x, scalars, group_index, weights, biases, output_format):
+    """Write the exactly decided correctly rounded output of every ``undecided`` flat index."""
+    flat_x = x.reshape(-1)
+    flat_rounded = rounded.reshape(-1)
+    for index in np.flatnonzero(undecided).tolist():
+        group = int(group_index[index])
+        total = scalars.totals[group]
+        weight = Fraction(float(weights[index])) if weights is not None else Fraction(1)
+        intercept = Fraction(float(biases[index])) if biases is not None else Fraction(0)
+        slope = (Fraction(float(flat_x[index])) - scalars.means[group]) * weight
+        with mpmath.workprec(MINIMUM_BITS):
+            estimate = (mpmath.mpf(intercept.numerator) / intercept.denominator
+                        + mpmath.mpf(slope.numerator) / slope.denominator
+                        / mpmath.sqrt(mpmath.mpf(total.numerator) / total.denominator))
+        with np.errstate(over="ignore"):  # an estimate past the format's range becomes ±inf
+            start = precision.convert(np.array([float(estimate)]), output_format)[0]
+        flat_rounded[index] = _exact_rounding(intercept, slope, total, output_format, start)
+
+
+def normalize(x, norm=None, *, groups=None, layout="NCHW", eps=1e-5, weight=None, bias=None,
+              ddof=0, output_dtype=None):
+    """The exact output of a normalization layer, correctly rounded: y = (x − μ)/√(σ² + eps)·w + b
+    with μ, σ² the exact mean and variance (``ddof``) of the stored values of each group, eps, w, b
+    their exact binary values, rounded once, to nearest (ties to even), to ``output_dtype``
+    (default x's dtype). Arguments as numerics.normalize (the same checks and error messages).
+
+    NaN rule: every output of a group is NaN when the group holds NaN or Inf, when n − ddof <= 0,
+    or when σ² + eps = 0 (a constant group with eps = 0: 0/0). The float64 fast path and the exact
+    fallback are explained above ``_GroupScalars``; an output format of float64 sends nearly every
+    element to the exact (slow) path.
+    """
+    eps = normalization.check_eps(eps)
+    x = statistics.as_array(x)
+    input_format = precision.format_name(x.dtype, "x")
+    view = subsets.canonical_view(x.shape, norm, groups, layout)
+    weight, weight_view = normalization.check_parameter(weight, "weight", x.shape, norm, layout)
+    bias, bias_view = normalization.check_parameter(bias, "bias", x.shape, norm, layout)
+    output_format = (input_format if output_dtype is None
+                     else precision.format_name(output_dtype, "output_dtype"))
+    _check_ddof(ddof)
+    scalars = _group_scalars(x, norm, groups, layout, eps, ddof)
+    group_shape = (view.kept_outer, 1, view.kept_inner, 1)
+    x_view = np.ascontiguousarray(x).reshape(view.view_shape)
+    z, z_error = _fast_output(x_view, scalars, group_shape)
+    weights = _parameter_values(weight, weight_view, x.shape)
+    biases = _parameter_values(bias, bias_view, x.shape)
+    y, y_error = _apply_affine_bound(z.reshape(x.shape), z_error.reshape(x.shape), weights, biases)
+    rounded, certain = _certain_rounding(y, y_error, output_format)
+    group_index = np.broadcast_to(np.arange(view.group_count).reshape(group_shape),
+                                  view.view_shape).reshape(-1)
+    valid = np.array([total is not None for total in scalars.totals])[group_index].reshape(x.shape)
+    rounded[~valid] = np.nan
+    _decide_exactly(rounded, valid & ~certain, x_view.reshape(x.shape), scalars, group_index,
+                    weights, biases, output_format)
+    return rounded

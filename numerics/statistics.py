@@ -137,9 +137,16 @@ def is_device_array(x):
 
 
 def as_array(x):
-    """``x`` as a numpy array in native byte order; device arrays pass through untouched."""
+    """``x`` as a numpy array in native byte order; device arrays pass through untouched. A
+    PyTorch CPU tensor becomes the numpy array of its values and dtype, bfloat16 included
+    (numerics.torch_integration; torch is looked up, never imported, so numerics stays torch-free)."""
     if is_device_array(x):
         return x
+    import sys
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        from .torch_integration import tensor_to_numpy
+        x = tensor_to_numpy(x)
     x = np.asarray(x)
     if not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))

@@ -16,7 +16,7 @@ condition number κ = sqrt(1 + (mean/std)²), so every format stays in range and
 input cannot resolve std/|mean| much below its u), so every figure uses the κ measured exactly on
 the stored values, not the target.
 """
-import itertools
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -26,10 +26,9 @@ import pandas as pd
 
 import numerics
 from numerics import bounds, data, precision, reference
-from studies import errors, report
+from studies import engine, errors, report
 
 TITLE = "Accuracy sweep"
-ANCHOR = "accuracy-sweep"
 
 ALGORITHMS = tuple(numerics.ALGORITHMS)
 #: the textbook order, the fast order every rule runs with by default, and a pure pairwise tree
@@ -66,67 +65,97 @@ LAYER_EPS = 1e-5
 PREDICTED_TOTAL_LOSS = {"float32": 4e3, "float64": 1e8, "float16": 45, "bfloat16": 16}
 
 
-@dataclass(frozen=True)
-class Slice:
-    """One factorial slice of the sweep: every combination of its factors is one cell."""
-    name: str
-    question: str
-    shapes: tuple
-    subsets: tuple
-    layouts: tuple
-    distributions: tuple
-    mean_over_std: tuple
-    precisions: tuple
-    algorithms: tuple
-    topologies: tuple
-    ddofs: tuple
-
-    def conditions(self):
-        # post-ReLU data cannot have κ = 1 (its zeros and positive values have a mean)
-        return [(distribution, ratio) for distribution in self.distributions
-                for ratio in self.mean_over_std
-                if not (distribution == "half_normal" and ratio == 0)]
-
-    def describe(self):
-        def listing(values):
-            return ", ".join(map(str, values))
-
-        return (f"**{self.name}** ({self.cell_count()} cells): {self.question}. Shapes "
-                f"{listing(self.shapes)}; subsets "
-                f"{listing(report.subset_label(*subset) for subset in self.subsets)}; layouts "
-                f"{listing(self.layouts)}; distributions {listing(self.distributions)}; "
-                f"|mean|/std {listing(f'{ratio:g}' for ratio in self.mean_over_std)}; precisions "
-                f"{listing(f'{a}→{b}' for a, b in self.precisions)}; topologies "
-                f"{listing(self.topologies)}; ddof {listing(self.ddofs)}; all "
-                f"{len(self.algorithms)} rules.")
-
-    def cell_count(self):
-        return (len(self.shapes) * len(self.subsets) * len(self.layouts)
-                * len(self.conditions()) * len(self.precisions) * len(self.algorithms)
-                * len(self.topologies) * len(self.ddofs))
+#: what each slice of the sweep asks, for the report's description of the grid
+QUESTIONS = {
+    "condition": "error against κ: every rule, topology, precision and distribution",
+    "subset": "batch / layer / instance / group, both layouts, both Bessel corrections",
+    "group_size": "error against the group size n (GroupNorm, G = 1 is LayerNorm and G = C is "
+                  "InstanceNorm)",
+    "factorial": "every factor crossed with every other (the full profile only)",
+    "constant": "groups of one repeated value: the sign of the computed variance, with and "
+                "without clamp",
+}
 
 
-def slices(quick):
-    precisions = QUICK_PRECISIONS if quick else PRECISIONS
-    ratios = QUICK_MEAN_OVER_STD if quick else MEAN_OVER_STD
-    core_shape = (2, 64, 8, 8) if quick else (4, 64, 16, 16)
-    spatial = (4, 16) if quick else (4, 16, 64)
-    group_counts = (1, 16) if quick else (1, 4, 16, 64)
-    return (
-        Slice("condition", "error against κ: every rule, topology, precision and distribution",
-              (core_shape,), (("group", 8),), ("NCHW",),
-              QUICK_DISTRIBUTIONS if quick else DISTRIBUTIONS, ratios, precisions,
-              ALGORITHMS, TOPOLOGIES, (0,)),
-        Slice("subset", "batch / layer / instance / group, both layouts, both Bessel corrections",
-              (core_shape,), SUBSETS, ("NCHW", "NHWC"), ("normal",),
-              (MODERATE,) if quick else (0.0, MODERATE, HEADLINE),
-              precisions, ALGORITHMS, (numerics.DEFAULT_TOPOLOGY,), (0, 1)),
-        Slice("group_size", "error against the group size n (GroupNorm, G = 1 is LayerNorm and "
-              "G = C is InstanceNorm)", tuple((2, 64, side, side) for side in spatial),
-              tuple(("group", count) for count in group_counts), ("NCHW",), ("normal",),
-              (0.0, MODERATE), tuple(pair for pair in precisions if pair[0] == pair[1]),
-              ALGORITHMS, TOPOLOGIES, (0,)),
-    )
+def shape_label(shape):
+    return "x".join(map(str, shape))
+
+
+def parse_shape(label):
+    return tuple(int(size) for size in label.split("x"))
+
+
+def parse_subset(label):
+    """The (norm, groups) of a subset label (report.subset_label): "group8" -> ("group", 8)."""
+    return ("group", int(label[len("group"):])) if label.startswith("group") else (label, None)
+
+
+def sweep_slice(name, shapes, subsets, layouts, distributions, ratios, precisions, topologies,
+                ddofs):
+    """A slice of the sweep; every cell runs every rule. Post-ReLU data cannot have κ = 1 (its
+    zeros and positive values have a mean), so half-normal data skip |mean|/std = 0."""
+    formats, keep_pair = engine.paired("input_dtype", "acc_dtype", precisions)
+    factors = {"shape": tuple(map(shape_label, shapes)),
+               "subset": tuple(report.subset_label(*subset) for subset in subsets),
+               "layout": layouts, "distribution": distributions, "mean_over_std": ratios,
+               **formats, "topology": topologies, "ddof": ddofs}
+    return engine.Slice(name, factors, keep=lambda settings: keep_pair(settings) and not (
+        settings["distribution"] == "half_normal" and settings["mean_over_std"] == 0))
+
+
+def grid(profile):
+    smoke = profile == "smoke"
+    precisions = QUICK_PRECISIONS if smoke else PRECISIONS
+    ratios = QUICK_MEAN_OVER_STD if smoke else MEAN_OVER_STD
+    core_shape = (2, 64, 8, 8) if smoke else (4, 64, 16, 16)
+    spatial = (4, 16) if smoke else (4, 16, 64)
+    group_counts = (1, 16) if smoke else (1, 4, 16, 64)
+    distributions = QUICK_DISTRIBUTIONS if smoke else DISTRIBUTIONS
+    slices = [
+        sweep_slice("condition", (core_shape,), (("group", 8),), ("NCHW",), distributions,
+                    ratios, precisions, TOPOLOGIES, (0,)),
+        sweep_slice("subset", (core_shape,), SUBSETS, ("NCHW", "NHWC"), ("normal",),
+                    (MODERATE,) if smoke else (0.0, MODERATE, HEADLINE), precisions,
+                    (numerics.DEFAULT_TOPOLOGY,), (0, 1)),
+        sweep_slice("group_size", tuple((2, 64, side, side) for side in spatial),
+                    tuple(("group", count) for count in group_counts), ("NCHW",), ("normal",),
+                    (0.0, MODERATE), tuple(pair for pair in precisions if pair[0] == pair[1]),
+                    TOPOLOGIES, (0,)),
+    ]
+    if profile == "full":
+        slices.append(sweep_slice("factorial", (core_shape, (2, 64, 64, 64)), SUBSETS,
+                                  ("NCHW", "NHWC"), DISTRIBUTIONS, MEAN_OVER_STD, PRECISIONS,
+                                  TOPOLOGIES, (0, 1)))
+    formats, keep_pair = engine.paired("input_dtype", "acc_dtype", precisions)
+    slices.append(engine.Slice("constant", {"shape": (shape_label(core_shape),),
+                                            "value": CONSTANTS, **formats,
+                                            "topology": TOPOLOGIES, "clamp": (False, True)},
+                               keep=keep_pair))
+    return tuple(slices)
+
+
+def describe(part):
+    """One line of the report's grid description: the slice's question and its factor values."""
+    def listing(values):
+        return ", ".join(f"{value:g}" if isinstance(value, float) else str(value)
+                         for value in values)
+
+    settings = part.settings()
+    pairs = dict.fromkeys(f"{cell['input_dtype']}→{cell['acc_dtype']}" for cell in settings)
+    factors = [f"{name} {listing(values)}" for name, values in part.factors.items()
+               if name not in ("input_dtype", "acc_dtype")]
+    return (f"**{part.name}** ({len(settings) * len(ALGORITHMS)} rows): {QUESTIONS[part.name]}. "
+            f"{'; '.join(factors)}; precisions {', '.join(pairs)}; all {len(ALGORITHMS)} rules.")
+
+
+def seed_key(settings):
+    """The description of a cell's input tensor: the layout is left out (both layouts hold the
+    same values), so are the formats (every format rounds the same float64 draws). Written as
+    the sweep has always written it, so the seeds (and the data) stay those of earlier runs."""
+    if "mean_over_std" not in settings:
+        return ("accuracy", "constant", settings["value"])
+    return ("accuracy", parse_shape(settings["shape"]), parse_subset(settings["subset"]),
+            settings["distribution"], settings["mean_over_std"])
 
 
 # ---- one input tensor and its exact statistics ---------------------------------------------------
@@ -139,11 +168,21 @@ class Inputs:
     layout: str
     kappa: np.ndarray           # per group, exact (inf for constant groups)
     shifted_kappa: np.ndarray   # per group, of the data shifted by its first element
-    exact_var: dict             # ddof -> object array of mpf, per group
+    exact_var: dict             # ddof -> object array of mpf, per group (exact_variance fills it)
     columns: dict               # what describes these inputs in a result row
 
+    def exact_variance(self, ddof):
+        if ddof not in self.exact_var:
+            self.exact_var[ddof] = reference.moments(self.values, self.norm, ddof=ddof,
+                                                     groups=self.groups,
+                                                     layout=self.layout)[1].reshape(-1)
+        return self.exact_var[ddof]
 
-def make_inputs(shape, subset, layout, input_dtype, distribution, ratio, seed, ddofs):
+
+# the cells of one input tensor (every format pair, topology and ddof) come one after another:
+# its exact statistics, the costly part of a cell, are computed once per process
+@functools.lru_cache(maxsize=4)
+def make_inputs(shape, subset, layout, input_dtype, distribution, ratio, seed):
     norm, groups = subset
     kappa_target = math.hypot(1.0, ratio)
     values = data.with_condition(shape, kappa_target, input_dtype, distribution, seed, norm=norm,
@@ -155,8 +194,6 @@ def make_inputs(shape, subset, layout, input_dtype, distribution, ratio, seed, d
     where = {"groups": groups, "layout": layout}
     kappa = reference.condition_number(values, norm, **where).reshape(-1)
     shifted_kappa = reference.shifted_condition_number(values, norm, **where).reshape(-1)
-    exact_var = {ddof: reference.moments(values, norm, ddof=ddof, **where)[1].reshape(-1)
-                 for ddof in ddofs}
     finite = kappa[np.isfinite(kappa)]
     columns = {
         "norm": norm, "groups": groups, "subset": report.subset_label(norm, groups),
@@ -169,7 +206,7 @@ def make_inputs(shape, subset, layout, input_dtype, distribution, ratio, seed, d
         if finite.size else np.nan,
         "seed": seed,
     }
-    return Inputs(values, norm, groups, layout, kappa, shifted_kappa, exact_var, columns)
+    return Inputs(values, norm, groups, layout, kappa, shifted_kappa, {}, columns)
 
 
 def quiet_moments(values, norm, **options):
@@ -179,8 +216,8 @@ def quiet_moments(values, norm, **options):
         return numerics.moments(values, norm, **options)
 
 
-def cell(inputs, algorithm, topology_name, acc_dtype, ddof):
-    """One cell: the variance by one rule, topology, accumulator and ddof, against the reference."""
+def rule_row(inputs, algorithm, topology_name, acc_dtype, ddof):
+    """The variance by one rule, topology, accumulator and ddof, against the reference."""
     topology = numerics.TOPOLOGIES[topology_name]
     result = quiet_moments(inputs.values, inputs.norm, groups=inputs.groups, layout=inputs.layout,
                            algorithm=algorithm, ddof=ddof, acc_dtype=acc_dtype, topology=topology)
@@ -203,60 +240,53 @@ def cell(inputs, algorithm, topology_name, acc_dtype, ddof):
     return {"algorithm": algorithm, "topology": topology.name, "lanes": topology.lanes,
             "block": topology.block, "acc_dtype": acc_dtype, "ddof": ddof, "kernel": run.kernel,
             "group_size": run.group_size, "u": u, "count_overflows": count_overflows,
-            **errors.variance_errors(result.var, inputs.exact_var[ddof], acc_dtype, bound)}
+            **errors.variance_errors(result.var, inputs.exact_variance(ddof), acc_dtype, bound)}
 
 
-def run_slice(sweep, settings):
-    rows = []
-    input_dtypes = list(dict.fromkeys(pair[0] for pair in sweep.precisions))
-    for shape, subset, layout, (distribution, ratio) in itertools.product(
-            sweep.shapes, sweep.subsets, sweep.layouts, sweep.conditions()):
-        # the layout is left out of the seed: both layouts hold the same values
-        seed = settings.seed_for("accuracy", shape, subset, distribution, ratio)
-        for input_dtype in input_dtypes:
-            inputs = make_inputs(shape, subset, layout, input_dtype, distribution, ratio, seed,
-                                 sweep.ddofs)
-            for (pair_input, acc_dtype), algorithm, topology_name, ddof in itertools.product(
-                    sweep.precisions, sweep.algorithms, sweep.topologies, sweep.ddofs):
-                if pair_input == input_dtype:
-                    rows.append({"slice": sweep.name, **inputs.columns,
-                                 **cell(inputs, algorithm, topology_name, acc_dtype, ddof)})
-    return rows
+def sweep_cell(settings, seed):
+    """Every rule on one input tensor, in one format pair, topology and ddof."""
+    inputs = make_inputs(parse_shape(settings["shape"]), parse_subset(settings["subset"]),
+                         settings["layout"], settings["input_dtype"], settings["distribution"],
+                         settings["mean_over_std"], seed)
+    return [{**inputs.columns, **rule_row(inputs, algorithm, settings["topology"],
+                                          settings["acc_dtype"], settings["ddof"])}
+            for algorithm in ALGORITHMS]
 
 
-# ---- constant groups -----------------------------------------------------------------------------
-
-def constant_rows(settings):
-    """Groups whose exact variance is 0: the sign of the computed variance, and what clamping does."""
-    shape = (2, 64, 8, 8) if settings.quick else (4, 64, 16, 16)
+def constant_cell(settings):
+    """Groups whose exact variance is 0: the sign of the computed variance, and what clamping
+    does, for every rule (GroupNorm G = 8)."""
+    shape = parse_shape(settings["shape"])
     norm, groups = subset = ("group", 8)
-    precisions = QUICK_PRECISIONS if settings.quick else PRECISIONS
+    values = data.generate(shape, settings["input_dtype"], "constant", mean=settings["value"])
+    stored = float(values.reshape(-1)[0])
     rows = []
-    for value, (input_dtype, acc_dtype) in itertools.product(CONSTANTS, precisions):
-        values = data.generate(shape, input_dtype, "constant", mean=value)
-        stored = float(values.reshape(-1)[0])
-        for algorithm, topology_name, clamp in itertools.product(ALGORITHMS, TOPOLOGIES,
-                                                                 (False, True)):
-            result = quiet_moments(values, norm, groups=groups, algorithm=algorithm,
-                                   acc_dtype=acc_dtype, topology=topology_name, clamp=clamp)
-            var = np.asarray(result.var, dtype=np.float64).reshape(-1)
-            mean = np.asarray(result.mean, dtype=np.float64).reshape(-1)
-            finite = np.isfinite(var)
-            rows.append({
-                "value": value, "stored_value": stored, "input_dtype": input_dtype,
-                "acc_dtype": acc_dtype, "algorithm": algorithm, "topology": topology_name,
-                "clamp": clamp, "subset": report.subset_label(*subset),
-                "shape": "x".join(map(str, shape)),
-                "group_size": result.run.group_size, "group_count": var.size,
-                "negative_count": int((var < 0).sum()), "zero_count": int((var == 0).sum()),
-                "positive_count": int((var > 0).sum()), "nonfinite_count": int((~finite).sum()),
-                "max_abs_var": float(np.abs(var[finite]).max()) if finite.any() else np.nan,
-                "min_var": float(var[finite].min()) if finite.any() else np.nan,
-                # what a layer then does: 1/sqrt(var + eps) is NaN for var < -eps
-                "rstd_nan_count": int((var + LAYER_EPS < 0).sum() + (~finite).sum()),
-                "exact_mean_count": int((mean == stored).sum()),
-            })
+    for algorithm in ALGORITHMS:
+        result = quiet_moments(values, norm, groups=groups, algorithm=algorithm,
+                               acc_dtype=settings["acc_dtype"], topology=settings["topology"],
+                               clamp=settings["clamp"])
+        var = np.asarray(result.var, dtype=np.float64).reshape(-1)
+        mean = np.asarray(result.mean, dtype=np.float64).reshape(-1)
+        finite = np.isfinite(var)
+        rows.append({
+            "table": "accuracy_constant", "stored_value": stored, "algorithm": algorithm,
+            "subset": report.subset_label(*subset),
+            "group_size": result.run.group_size, "group_count": var.size,
+            "negative_count": int((var < 0).sum()), "zero_count": int((var == 0).sum()),
+            "positive_count": int((var > 0).sum()), "nonfinite_count": int((~finite).sum()),
+            "max_abs_var": float(np.abs(var[finite]).max()) if finite.any() else np.nan,
+            "min_var": float(var[finite].min()) if finite.any() else np.nan,
+            # what a layer then does: 1/sqrt(var + eps) is NaN for var < -eps
+            "rstd_nan_count": int((var + LAYER_EPS < 0).sum() + (~finite).sum()),
+            "exact_mean_count": int((mean == stored).sum()),
+        })
     return rows
+
+
+def cell(cell):
+    if cell.slice == "constant":
+        return constant_cell(cell.settings)
+    return sweep_cell(cell.settings, cell.seed)
 
 
 # ---- figures -------------------------------------------------------------------------------------
@@ -277,7 +307,7 @@ def precision_label(input_dtype, acc_dtype):
     return f"{input_dtype} data, {acc_dtype} accumulator"
 
 
-def figure_error_vs_kappa(frame, settings):
+def figure_error_vs_kappa(frame):
     import matplotlib.pyplot as plt
 
     cells = frame[(frame["slice"] == "condition") & (frame["distribution"] == "normal")
@@ -309,11 +339,10 @@ def figure_error_vs_kappa(frame, settings):
     figure.suptitle("Variance error against the condition number: GroupNorm G=8, normal data, "
                     "sequential order (errors clipped to [0.01u, 1e3])", fontsize=10)
     figure.tight_layout(rect=(0, 0.02, 1, 0.97))
-    return report.save_figure(figure, settings.figures_directory / "accuracy_error_vs_kappa.png",
-                              settings)
+    return figure
 
 
-def figure_topologies(frame, settings):
+def figure_topologies(frame):
     import matplotlib.pyplot as plt
 
     cells = frame[(frame["slice"] == "condition") & (frame["distribution"] == "normal")]
@@ -340,11 +369,10 @@ def figure_topologies(frame, settings):
                     f"lanes, blocks of {default.block}) and a pairwise tree: GroupNorm G=8 "
                     f"(n={cells['group_size'].iloc[0]}), normal data", fontsize=10)
     figure.tight_layout(rect=(0, 0.02, 1, 0.95))
-    return report.save_figure(figure, settings.figures_directory / "accuracy_topologies.png",
-                              settings)
+    return figure
 
 
-def figure_group_size(frame, settings):
+def figure_group_size(frame):
     import matplotlib.pyplot as plt
 
     cells = frame[(frame["slice"] == "group_size") & (frame["mean_over_std"] == MODERATE)]
@@ -372,11 +400,10 @@ def figure_group_size(frame, settings):
                     f"normal data, |mean|/std = {MODERATE:g} (clipped to [0.01u, 1e3]; "
                     f"non-finite results at the top)", fontsize=10)
     figure.tight_layout(rect=(0, 0.02, 1, 0.96))
-    return report.save_figure(figure, settings.figures_directory / "accuracy_group_size.png",
-                              settings)
+    return figure
 
 
-def figure_constant_groups(constant, settings):
+def figure_constant_groups(constant):
     import matplotlib.pyplot as plt
 
     unclamped = constant[~constant["clamp"]]
@@ -396,8 +423,7 @@ def figure_constant_groups(constant, settings):
     axis.set_title("Negative variances of constant groups (no clamp), all constants and topologies",
                    fontsize=9)
     figure.tight_layout(rect=(0, 0.03, 1, 1))
-    return report.save_figure(figure, settings.figures_directory / "accuracy_constant_groups.png",
-                              settings)
+    return figure
 
 
 # ---- tables and findings -------------------------------------------------------------------------
@@ -588,23 +614,20 @@ CAPTIONS = {
 }
 
 
-def run(settings):
-    sweep = slices(settings.quick)
-    frame = pd.DataFrame([row for part in sweep for row in run_slice(part, settings)])
-    frame["groups"] = frame["groups"].astype("Int64")
-    constant = pd.DataFrame(constant_rows(settings))
-    data_directory = settings.data_directory
-    figures = [figure_error_vs_kappa(frame, settings), figure_topologies(frame, settings),
-               figure_group_size(frame, settings), figure_constant_groups(constant, settings)]
-    files = [report.write_parquet(frame, data_directory / "accuracy.parquet", settings),
-             report.write_parquet(constant, data_directory / "accuracy_constant.parquet", settings),
-             *figures]
-    figure = {path.stem: report.figure_link(path, settings, CAPTIONS[path.stem]) for path in figures}
+def report_section(results):
+    frame, constant = results.tables["accuracy"], results.tables["accuracy_constant"]
+    figure = {"accuracy_error_vs_kappa": figure_error_vs_kappa(frame),
+              "accuracy_topologies": figure_topologies(frame),
+              "accuracy_group_size": figure_group_size(frame),
+              "accuracy_constant_groups": figure_constant_groups(constant)}
+    figure = {name: results.figure(name, drawing, CAPTIONS[name])
+              for name, drawing in figure.items()}
+    sweep = [part for part in results.slices if part.name != "constant"]
     lre_table = lre_by_condition(frame)
     headline = headline_table(frame)
     one_decimal = {column: (lambda value: "–" if pd.isna(value) else f"{value:.1f}")
                    for column in (*lre_table.columns[2:], *headline.columns[1:])}
-    grid = "\n".join(f"- {part.describe()}" for part in sweep)
+    grid = "\n".join(f"- {describe(part)}" for part in sweep)
     constants = ", ".join(f"{value:g}" for value in CONSTANTS)
     body = f"""Every cell runs `numerics.moments` and compares each group's variance with the exact
 variance of the stored values (`numerics.reference`). Columns of `data/accuracy.parquet`: the
@@ -616,11 +639,11 @@ the counts of negative, zero and non-finite variances and of variances below the
 normal range (`underflow_groups`; with non-finite results, left out of the bound ratio). Inputs:
 unit-RMS data of condition κ = sqrt(1 + (mean/std)²) per group (`numerics.data.with_condition`);
 a format that cannot resolve the spread rounds some groups to constants, which leave the error
-columns (`constant_groups`). {len(frame)} cells in {len(sweep)} slices, plus {len(constant)}
-constant-group cells:
+columns (`constant_groups`). {len(frame)} rows (one rule on one input, format pair, topology
+and ddof) in {len(sweep)} slices, plus {len(constant)} constant-group rows:
 
 {grid}
-- **constant** ({len(constant)} cells): groups of one repeated value ({constants}), every rule,
+- **constant** ({len(constant)} rows): groups of one repeated value ({constants}), every rule,
   topology and precision, with and without clamp (`data/accuracy_constant.parquet`).
 
 ### Findings (this run)
@@ -630,7 +653,7 @@ constant-group cells:
 Correct digits (worst-group LRE) at accuracy.md's anchor condition, |mean|/std = {HEADLINE:g}
 (κ ≈ {HEADLINE:g}), float32 data and accumulator, GroupNorm G=8, normal data, by order:
 
-{report.markdown_table(headline, one_decimal)}
+{results.table(headline, one_decimal)}
 
 ### Error against κ
 
@@ -639,7 +662,7 @@ Correct digits (worst-group LRE) at accuracy.md's anchor condition, |mean|/std =
 Worst-group LRE (correct significant digits) by |mean|/std, GroupNorm G=8, normal data, default
 order ({numerics.DEFAULT_TOPOLOGY}); "–": every group of the stored data is constant:
 
-{report.markdown_table(lre_table, one_decimal)}
+{results.table(lre_table, one_decimal)}
 
 ### Topology
 
@@ -651,27 +674,27 @@ order ({numerics.DEFAULT_TOPOLOGY}); "–": every group of the stored data is co
 
 Worst-group error in units of u, float32 data and accumulator, |mean|/std = {MODERATE:g}:
 
-{report.markdown_table(group_size_table(frame))}
+{results.table(group_size_table(frame))}
 
 ### Subsets and layouts
 
 Worst-group error in units of u, float32 data and accumulator, |mean|/std = {MODERATE:g}, ddof 0,
 default order (the NHWC cells hold the same values as the NCHW ones):
 
-{report.markdown_table(subset_table(frame))}
+{results.table(subset_table(frame))}
 
 ### Distributions
 
 Worst-group error in units of u, float32 → float32, default order, GroupNorm G=8:
 
-{report.markdown_table(distribution_table(frame))}
+{results.table(distribution_table(frame))}
 
 ### Bessel correction (ddof)
 
 Worst error in units of u over the subset slice, by ddof (the correction is one division at
 finalization, so the two columns should agree to within a rounding or two):
 
-{report.markdown_table(ddof_table(frame))}
+{results.table(ddof_table(frame))}
 
 ### Observed error against the a-priori bound
 
@@ -679,7 +702,7 @@ Per rule and topology over every cell with a modelled group: the largest and the
 cells' worst observed/bound ratio, and how many cells have a group above its bound. The bounds are
 leading-order terms without constants, so ratios of a few are not violations of the theorems.
 
-{report.markdown_table(bound_check(frame))}
+{results.table(bound_check(frame))}
 
 ### Constant groups
 
@@ -688,6 +711,11 @@ leading-order terms without constants, so ratios of a few are not violations of 
 Counts over all constants and topologies (GroupNorm G=8). "NaN rstd": groups where a layer's
 1/sqrt(var + {LAYER_EPS:g}) would be NaN (var < −eps, or a non-finite var):
 
-{report.markdown_table(constant_table(constant))}
+{results.table(constant_table(constant))}
 """
-    return report.Section(TITLE, ANCHOR, body, tuple(files))
+    return results.section(body)
+
+
+STUDY = engine.Study("accuracy", TITLE, grid, cell, report_section, seed_key=seed_key,
+                     description="the variance of every rule against exact arithmetic, over the "
+                                 "toolkit's factors")

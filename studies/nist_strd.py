@@ -14,14 +14,12 @@ import itertools
 
 import mpmath
 import numpy as np
-import pandas as pd
 
 import numerics
 from numerics import metrics, nist, reference
-from studies import report
+from studies import engine
 
 TITLE = "NIST StRD"
-ANCHOR = "nist-strd"
 
 PRECISIONS = ("float32", "float64")
 TOPOLOGIES = ("sequential", numerics.DEFAULT_TOPOLOGY)
@@ -105,9 +103,17 @@ def topology_note(frame):
             f"deviation to {frame['decimal_reference_lre_sd'].min():.1f} digits.")
 
 
-def run(settings):
-    frame = pd.DataFrame([row for name in nist.DATASETS for row in dataset_rows(nist.load(name))])
-    files = [report.write_parquet(frame, settings.data_directory / "nist_strd.parquet", settings)]
+def grid(profile):
+    """Nine datasets, the same in every profile: the whole study takes about a second."""
+    return (engine.Slice("datasets", {"dataset": tuple(nist.DATASETS)}),)
+
+
+def cell(cell):
+    return dataset_rows(nist.load(cell.settings["dataset"]))
+
+
+def report_section(results):
+    frame = results.tables["nist_strd"]
     cell_format = {"κ": lambda value: f"{value:.2g}"}
     body = f"""The nine NIST StRD univariate datasets; every rule, ddof = 1, sequential order,
 accumulator = storage format. Each cell: LRE of the standard deviation **against the certified value / against the
@@ -120,10 +126,14 @@ the mean's LREs, the computed variances and the default order.
 
 **float64**
 
-{report.markdown_table(lre_table(frame, 'float64'), cell_format)}
+{results.table(lre_table(frame, 'float64'), cell_format)}
 
 **float32**
 
-{report.markdown_table(lre_table(frame, 'float32'), cell_format)}
+{results.table(lre_table(frame, 'float32'), cell_format)}
 """
-    return report.Section(TITLE, ANCHOR, body, tuple(files))
+    return results.section(body)
+
+
+STUDY = engine.Study("nist_strd", TITLE, grid, cell, report_section, seed_factors=(),
+                     description="the NIST StRD univariate datasets, every rule")

@@ -1,8 +1,10 @@
 """Performance of the CPU kernels beside numpy and PyTorch: ``python -m studies.performance``
-(``make bench``), options ``--output DIR`` (default reports/) and ``--quick`` (or
-NUMERICS_BENCH_QUICK=1: tiny shapes, a few cells, for the smoke test).
+(``make bench``), options ``--profile smoke|default|full`` (smoke: tiny shapes, a few cells, for the
+smoke test), ``--output DIR`` (default reports/), ``--cache DIR`` (resume a killed run), ``--seed``.
 
-Writes DIR/performance.md and DIR/data/performance.parquet (one row per timed cell, provenance in
+A study of the engine (studies/engine/) whose cells are timings, run one at a time in this process
+(``serial``). Writes DIR/performance.md (the provenance header of REPORT.md, then this study's
+section) and DIR/data/performance*.parquet (one row per timed cell, provenance in
 ``pandas.read_parquet(path).attrs["provenance"]``). A benchmark reports; it never fails on seconds.
 
 Method. Every cell is timed on buffers that rotate (two tensors of the cell's shape, each larger
@@ -10,14 +12,15 @@ than the 32 MiB L3, used in turn), so no call finds its input in cache. Bandwidt
 machine drifts over seconds, so a streaming-read kernel (SIMD loads and adds over a float32 buffer,
 split over the same number of threads) is timed right before and right after every cell, and the
 cell's throughput is reported as a share of the mean of those two probes. numerics runs at its
-default topology ("blocked") for every rule; numpy computes ``mean`` + ``var`` (single-threaded);
-PyTorch runs ``torch.var_mean`` and the training-mode statistics of its normalization layers
-(``aten.native_batch_norm`` / ``native_layer_norm`` / ``native_group_norm``, which return them;
-``F.instance_norm``, which does not expose them, whole), each with ``torch.set_num_threads`` equal
-to the cell's thread count. Those layer calls also write the normalized output: that is the price a
-user pays for PyTorch's statistics.
+default topology ("blocked") for every rule. The peers are the numpy and PyTorch entries of the
+implementations registry (numerics.implementations): numpy's ``mean`` + ``var`` (single-threaded),
+``torch.var_mean`` and the training-mode statistics of PyTorch's normalization layers, each timed
+as the registry's ``run`` of an input it has prepared (the framework call alone), with
+``torch.set_num_threads`` equal to the cell's thread count. The layer calls also write the
+normalized output: that is the price a user pays for PyTorch's statistics.
 """
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -32,11 +35,10 @@ import numpy as np
 import pandas as pd
 
 import numerics
-from numerics import simd
+from numerics import implementations, simd
+from studies import engine, report
 from studies import reference_throughput as reference_throughput_study
-from studies import report
-
-QUICK_ENVIRONMENT_VARIABLE = "NUMERICS_BENCH_QUICK"
+from studies.engine import runner
 
 SUBSETS = (("batch", None), ("layer", None), ("instance", None), ("group", 32))
 LAYOUTS = ("NCHW", "NHWC")
@@ -101,74 +103,53 @@ class ReadProbe:
 
 # ---- the implementations ----------------------------------------------------------------------
 
-def numerics_call(algorithm, acc_dtype, norm, groups, layout):
-    def call(x):
-        return numerics.moments(x, norm, groups=groups, layout=layout, algorithm=algorithm,
-                                acc_dtype=acc_dtype)
-    return call
+#: the peers timed beside numerics: the frameworks of the implementations registry
+#: (numerics.implementations) whose own code runs on this CPU
+PEER_FRAMEWORKS = ("numpy", "PyTorch")
+#: a peer's speed-up column: numerics' time against the fastest entry of the group
+PEER_GROUPS = {"speedup_vs_numpy": lambda item: item.framework == "numpy",
+               "speedup_vs_torch_var_mean": lambda item: item.name == "torch.var_mean",
+               "speedup_vs_torch_layer": lambda item: (item.framework == "PyTorch"
+                                                       and item.name != "torch.var_mean")}
+NUMERICS_PREFIX = "numerics "
 
 
-def numpy_call(norm, groups, layout):
-    def call(x):
-        x4 = x.reshape(numerics.canonical_view(x.shape, norm, groups, layout).view_shape)
-        return x4.mean(axis=(1, 3)), x4.var(axis=(1, 3))
-    return call
+def peers(input_dtype=None, norm=None, layout=None):
+    """The registry's numpy and PyTorch entries (installed ones) that run this cell."""
+    return tuple(item for item in implementations.select(kind="framework", norm=norm,
+                                                         layout=layout)
+                 if item.framework in PEER_FRAMEWORKS
+                 and (input_dtype is None or input_dtype in item.dtypes))
 
 
-def torch_tensor(x, layout):
-    """The logical (N, C, *spatial) tensor over x's memory (channels_last strides for NHWC)."""
-    import torch
-    tensor = torch.from_numpy(x)
-    if layout == "NCHW":
-        return tensor
-    return tensor.permute(0, tensor.dim() - 1, *range(1, tensor.dim() - 1))
+def timed_calls(name, acc_dtype, norm, groups, layout, buffers):
+    """A first call on a small slice (it loads or compiles what the others need, untimed), and
+    one call per buffer that runs the implementation and nothing else."""
+    if name.startswith(NUMERICS_PREFIX):
+        rule = name[len(NUMERICS_PREFIX):]
 
+        def call(x):
+            return lambda: numerics.moments(x, norm, groups=groups, layout=layout,
+                                            algorithm=rule, acc_dtype=acc_dtype)
+    else:
+        item = implementations.by_name(name)
 
-def torch_var_mean_call(norm, groups, layout):
-    import torch
-
-    def call(x):
-        x4 = torch.from_numpy(x.reshape(numerics.canonical_view(x.shape, norm, groups,
-                                                                layout).view_shape))
-        return torch.var_mean(x4, dim=(1, 3), correction=0)
-    return call
-
-
-def torch_layer_call(norm, groups, layout):
-    """PyTorch's training-mode statistics of the layer (and the normalized output it writes)."""
-    import torch
-    import torch.nn.functional as F
-    aten = torch.ops.aten
-
-    def call(x):
-        tensor = torch_tensor(x, layout)
-        if norm == "batch":
-            return aten.native_batch_norm(tensor, None, None, None, None, True, 0.1, 1e-5)
-        if norm == "layer":
-            return aten.native_layer_norm(tensor, list(tensor.shape[1:]), None, None, 1e-5)
-        if norm == "group":
-            batch, channels = tensor.shape[:2]
-            return aten.native_group_norm(tensor, None, None, batch, channels,
-                                          tensor[0, 0].numel(), groups, 1e-5)
-        return F.instance_norm(tensor)
-    return call
-
-
-TORCH_LAYER_NAMES = {"batch": "torch native_batch_norm", "layer": "torch native_layer_norm",
-                     "group": "torch native_group_norm", "instance": "torch F.instance_norm"}
+        def call(x):
+            prepared = item.prepare(x, norm, groups, layout, "cpu")
+            return lambda: item.run(prepared)
+    return call(buffers[0][:2]), [call(x) for x in buffers]
 
 
 # ---- measuring --------------------------------------------------------------------------------
 
-def time_cell(call, buffers, repetitions):
-    """Median seconds of ``call`` on the rotating buffers (a first call on a small slice loads or
-    compiles what it needs and is not timed)."""
-    call(buffers[0][:2])
+def time_cell(first_call, calls, repetitions):
+    """Median seconds of the calls, taken in turn (rotating buffers) after the untimed first one."""
+    first_call()
     seconds = []
     for repetition in range(repetitions):
-        x = buffers[repetition % len(buffers)]
+        call = calls[repetition % len(calls)]
         start = time.perf_counter()
-        call(x)
+        call()
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds), seconds
 
@@ -182,22 +163,8 @@ def set_threads(threads):
         pass
 
 
-def implementations(norm, groups, layout, input_dtype, acc_dtype, rules, with_peers):
-    """(implementation, kind, algorithm, call) of one (subset, layout, precision)."""
-    cells = [("numerics", "numerics", rule, numerics_call(rule, acc_dtype, norm, groups, layout))
-             for rule in rules]
-    if not with_peers:
-        return cells
-    cells.append(("numpy mean + var", "peer", None, numpy_call(norm, groups, layout)))
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return cells
-    cells.append(("torch.var_mean", "peer", None, torch_var_mean_call(norm, groups, layout)))
-    cells.append((TORCH_LAYER_NAMES[norm], "peer", None, torch_layer_call(norm, groups, layout)))
-    return cells
-
-
+# consecutive cells time the same tensors: they are drawn once per process
+@functools.lru_cache(maxsize=1)
 def make_buffers(shape, layout, dtype, seed):
     """Two tensors of the shape in the layout (NHWC: channels last in memory)."""
     rng = np.random.default_rng(seed)
@@ -206,78 +173,66 @@ def make_buffers(shape, layout, dtype, seed):
             for _ in range(2)]
 
 
-def run_grid(grid, probe, log):
-    rows = []
-    for shape in grid["shapes"]:
-        for input_dtype in sorted({precision[0] for precision in grid["precisions"]}):
-            accumulators = [acc for inp, acc in grid["precisions"] if inp == input_dtype]
-            for layout in LAYOUTS:
-                buffers = make_buffers(shape, layout, input_dtype, grid["seed"])
-                nbytes = buffers[0].nbytes
-                for norm, groups in SUBSETS:
-                    for threads in grid["threads"]:
-                        set_threads(threads)
-                        for position, acc_dtype in enumerate(accumulators):
-                            cells = implementations(norm, groups, layout, input_dtype, acc_dtype,
-                                                    grid["rules"], with_peers=position == 0)
-                            for implementation, kind, algorithm, call in cells:
-                                before = probe.measure(threads)
-                                try:
-                                    median, seconds = time_cell(call, buffers,
-                                                                grid["repetitions"])
-                                    error = ""
-                                except (RuntimeError, TypeError, ValueError) as caught:
-                                    median, seconds, error = float("nan"), [], str(caught)[:200]
-                                after = probe.measure(threads)
-                                read = (before + after) / 2
-                                rows.append({
-                                    "implementation": implementation, "kind": kind,
-                                    "algorithm": algorithm,
-                                    "topology": (numerics.DEFAULT_TOPOLOGY
-                                                 if kind == "numerics" else None),
-                                    "norm": norm, "groups": groups,
-                                    "subset": report.subset_label(norm, groups),
-                                    "layout": layout, "shape": "x".join(map(str, shape)),
-                                    "input_dtype": input_dtype,
-                                    "acc_dtype": acc_dtype if kind == "numerics" else None,
-                                    "threads": threads, "bytes": nbytes,
-                                    "median_seconds": median, "seconds": seconds,
-                                    "gb_per_s": nbytes / median / 1e9,
-                                    "read_gb_per_s_before": before,
-                                    "read_gb_per_s_after": after,
-                                    "share_of_read": nbytes / median / 1e9 / read,
-                                    "error": error})
-                                log(f"{rows[-1]['shape']} {layout} {rows[-1]['subset']} "
-                                    f"{input_dtype}->{acc_dtype if kind == 'numerics' else '-'} "
-                                    f"t{threads} {implementation} {algorithm or ''}: "
-                                    f"{rows[-1]['gb_per_s']:.1f} GB/s, "
-                                    f"{100 * rows[-1]['share_of_read']:.0f}% of {read:.1f}")
-                del buffers
-    frame = pd.DataFrame(rows)
-    return with_peer_ratios(frame)
+@functools.lru_cache(maxsize=1)
+def read_probe(nbytes, seed):
+    return ReadProbe(nbytes, seed)
 
 
-def with_peer_ratios(frame):
-    """For numerics rows: each peer's median time over ours, measured on the same cell (shape,
-    layout, subset, input dtype, threads)."""
+def timing_cell(settings, seed):
+    """One implementation on one (shape, format, layout, subset, thread count), between two
+    read-bandwidth probes."""
+    shape = tuple(int(size) for size in settings["shape"].split("x"))
+    norm, groups = ("group", int(settings["subset"][5:])) if settings["subset"].startswith(
+        "group") else (settings["subset"], None)
+    name, layout, threads = settings["implementation"], settings["layout"], settings["threads"]
+    numerics_cell = name.startswith(NUMERICS_PREFIX)
+    acc_dtype = settings["acc_dtype"] if numerics_cell else None
+    buffers = make_buffers(shape, layout, settings["input_dtype"], seed)
+    probe = read_probe(int(np.prod(shape)) * 4, seed)
+    nbytes = buffers[0].nbytes
+    set_threads(threads)
+    before = probe.measure(threads)
+    try:
+        median, seconds = time_cell(*timed_calls(name, acc_dtype, norm, groups, layout, buffers),
+                                    settings["repetitions"])
+        error = ""
+    except (RuntimeError, TypeError, ValueError) as caught:
+        median, seconds, error = float("nan"), [], str(caught)[:200]
+    after = probe.measure(threads)
+    read = (before + after) / 2
+    return [{"implementation": "numerics" if numerics_cell else name,
+             "kind": "numerics" if numerics_cell else "peer",
+             "algorithm": name[len(NUMERICS_PREFIX):] if numerics_cell else None,
+             "topology": numerics.DEFAULT_TOPOLOGY if numerics_cell else None,
+             "norm": norm, "groups": groups, "acc_dtype": acc_dtype, "bytes": nbytes,
+             "median_seconds": median, "seconds": seconds, "gb_per_s": nbytes / median / 1e9,
+             "read_gb_per_s_before": before, "read_gb_per_s_after": after,
+             "share_of_read": nbytes / median / 1e9 / read, "error": error}]
+
+
+def with_peer_ratios(tables):
+    """For numerics rows: the fastest peer of each group's median time over ours, measured on the
+    same cell (shape, layout, subset, input dtype, threads)."""
+    frame = tables["performance"].copy()
     keys = ["shape", "layout", "subset", "input_dtype", "threads"]
-    peers = frame[frame.kind == "peer"]
-    frame = frame.copy()
-    for implementation in sorted(peers.implementation.unique()):
-        column = {"numpy mean + var": "speedup_vs_numpy",
-                  "torch.var_mean": "speedup_vs_torch_var_mean"}.get(implementation,
-                                                                      "speedup_vs_torch_layer")
-        times = peers[peers.implementation == implementation].set_index(keys)["median_seconds"]
-        joined = frame.join(times.rename("peer_seconds"), on=keys)
-        ratio = joined["peer_seconds"] / frame["median_seconds"]
+    peer_rows = frame[frame.kind == "peer"]
+    groups = {name: column for column, belongs in PEER_GROUPS.items()
+              for name in peer_rows.implementation.unique()
+              if belongs(implementations.by_name(name))}
+    speedups = []
+    for column in PEER_GROUPS:
+        times = peer_rows[peer_rows.implementation.map(groups) == column]
+        if times.empty:
+            continue
+        fastest = times.groupby(keys)["median_seconds"].min().rename("peer_seconds")
+        ratio = frame.join(fastest, on=keys)["peer_seconds"] / frame["median_seconds"]
         frame[column] = ratio.where(frame.kind == "numerics")
-    speedups = [column for column in ("speedup_vs_numpy", "speedup_vs_torch_var_mean",
-                                      "speedup_vs_torch_layer") if column in frame]
+        speedups.append(column)
     frame["speedup_vs_fastest_peer"] = frame[speedups].min(axis=1) if speedups else np.nan
-    return frame
+    return {**tables, "performance": frame}
 
 
-def first_call_latency(log):
+def first_call_latency():
     """Seconds of the import and of the first numerics.moments call in a fresh process, twice on
     an empty kernel cache of its own: the first process compiles what the call needs, the second
     loads it from the disk cache."""
@@ -292,22 +247,28 @@ def first_call_latency(log):
             completed = subprocess.run([sys.executable, "-c", script], cwd=report.REPOSITORY,
                                        env=environment, capture_output=True, text=True)
             if completed.returncode != 0:
-                log(f"first-call probe failed: {completed.stderr[-300:]}")
-                return None
+                return {"table": "performance_first_call", "error": completed.stderr[-300:]}
             results.append(tuple(float(value) for value in completed.stdout.split()))
     (_, cold_seconds), (import_seconds, call_seconds) = results
-    log(f"fresh process: import {import_seconds:.2f} s; first call {cold_seconds:.2f} s on an "
-        f"empty cache, {call_seconds:.2f} s on a warm one")
-    return {"import_seconds": import_seconds, "first_call_seconds": call_seconds,
-            "cold_first_call_seconds": cold_seconds}
+    return {"table": "performance_first_call", "import_seconds": import_seconds,
+            "first_call_seconds": call_seconds, "cold_first_call_seconds": cold_seconds,
+            "error": ""}
 
 
-def reference_throughput(quick, log):
+def reference_row(elements, repetitions):
     """The exact reference's elements per second (studies.reference_throughput.measure)."""
-    result = reference_throughput_study.measure(elements=200_000 if quick else 10_000_000,
-                                                repetitions=2 if quick else 3)
-    log(f"exact reference: {result['elements_per_second'] / 1e6:.1f} M elements/s")
-    return result
+    result = reference_throughput_study.measure(elements=elements, repetitions=repetitions)
+    return {"table": "performance_reference", "elements_per_second":
+            result["elements_per_second"], "median_seconds": result["median_seconds"],
+            "seconds": list(result["seconds"])}
+
+
+def cell(cell):
+    if cell.slice == "first_call":
+        return [first_call_latency()]
+    if cell.slice == "reference":
+        return [reference_row(cell.settings["elements"], cell.settings["repetitions"])]
+    return timing_cell(cell.settings, cell.seed)
 
 
 # ---- the report -------------------------------------------------------------------------------
@@ -466,11 +427,8 @@ def gaps_section(frame):
     return "\n".join(lines)
 
 
-def markdown(frame, extras, settings, seconds):
-    record = settings.provenance
-    packages = ", ".join(f"{name} {version}" for name, version in record["packages"].items()
-                         if version)
-    dirty = " (with uncommitted changes to tracked files)" if record["git_dirty"] else ""
+def report_section(results):
+    frame = results.tables["performance"]
     topology = numerics.TOPOLOGIES[numerics.DEFAULT_TOPOLOGY]
     read_lines = []
     for threads, values in frame.groupby("threads"):
@@ -479,14 +437,14 @@ def markdown(frame, extras, settings, seconds):
                           f"{probes.median():.1f} GB/s (range {probes.min():.1f} to "
                           f"{probes.max():.1f})")
     read_lines = "; ".join(read_lines)
-    latency = extras.get("latency")
-    latency_line = ("not measured" if latency is None else
+    latency = results.tables["performance_first_call"].iloc[0]
+    latency_line = (f"not measured ({latency['error']})" if latency["error"] else
                     f"{latency['first_call_seconds']:.2f} s for the first `numerics.moments` call "
                     f"(GroupNorm, float32, cache warm; target < 2 s), after "
                     f"{latency['import_seconds']:.2f} s of `import numerics`; on an empty cache "
                     f"the same call compiles its kernels in "
                     f"{latency['cold_first_call_seconds']:.1f} s")
-    reference = extras.get("reference")
+    reference = results.tables["performance_reference"].iloc[0]
     reference_line = (f"{reference['elements_per_second'] / 1e6:.1f} M float32 elements/s on one "
                       f"core ({reference['elements']:,} elements, median of "
                       f"{len(reference['seconds'])}; target ≥ 10 M/s)")
@@ -501,22 +459,17 @@ def markdown(frame, extras, settings, seconds):
                                 f"cell (numpy, torch.var_mean, PyTorch's layer):\n\n"
                                 f"{speedup_table(frame, shape, acc_dtype)}")
     targets = "\n\n".join(sections)
-    return f"""# Performance of the CPU kernels
-
-Generated by `make bench` (`python -m studies.performance`); do not edit by hand.
-
-- Code: commit `{record['git_commit']}`{dirty}; numerics source hash `{record['numerics_source_hash']}`,
-  studies source hash `{record['studies_source_hash']}`
-- Date (UTC): {record['date_utc']}; mode: {record['mode']}; run time {seconds:.0f} s
-- Python {record['python']}; {packages}; {record['machine']}; numba threads used:
-  {sorted(frame.threads.unique().tolist())}, torch threads set to the same, numpy single-threaded
+    peer_names = ", ".join(item.name for item in peers())
+    body = f"""- numba threads used: {sorted(frame.threads.unique().tolist())}, torch threads set to
+  the same, numpy single-threaded; peers (numerics.implementations): {peer_names}
 - numerics topology for every rule: "{numerics.DEFAULT_TOPOLOGY}" = {topology.lanes} lanes,
   blocks of {topology.block} elements
 - Read bandwidth (streaming-read probe around every cell): {read_lines}. On a quiet machine the
   probe reads about 40 GB/s with one thread and 79 GB/s with two (research/accuracy.md); other
   jobs share this machine, so compare shares, not GB/s, between runs
 - Data: `data/performance.parquet`, one row per timed cell (median of
-  {extras['repetitions']} calls on rotating buffers, each call's seconds, the probes before and after)
+  {frame["repetitions"].iloc[0]} calls on rotating buffers, each call's seconds, the probes before
+  and after); `data/performance_first_call.parquet`, `data/performance_reference.parquet`
 
 ## Targets (issue 4)
 
@@ -545,43 +498,77 @@ Share of the read bandwidth (%), float32 input, {frame.threads.max()} threads:
 - Exact reference (`numerics.reference.moments`): {reference_line}
 - Fresh process: {latency_line}
 """
+    return results.section(body)
 
 
-def grid_for(quick, seed):
-    if quick:
-        return {"shapes": [(2, 64, 8, 8)], "precisions": (("float32", "float32"),),
-                "rules": ("naive", "welford", "two_pass"), "threads": (1, 2), "repetitions": 2,
-                "seed": seed}
-    return {"shapes": [(32, 256, 56, 56), (8, 64, 224, 224)], "precisions": PRECISIONS,
-            "rules": tuple(TARGETS), "threads": (1, 2), "repetitions": 5, "seed": seed}
+def grid(profile):
+    """Timing cells: every rule and peer on each (shape, format pair, layout, subset, threads);
+    the peers once per input format (they have no accumulator setting)."""
+    smoke = profile == "smoke"
+    shapes = ((2, 64, 8, 8),) if smoke else ((32, 256, 56, 56), (8, 64, 224, 224))
+    precisions = (("float32", "float32"),) if smoke else PRECISIONS
+    rules = ("naive", "welford", "two_pass") if smoke else tuple(TARGETS)
+    threads = (1, 2, 4) if profile == "full" else (1, 2)
+    first_accumulator = {}
+    for input_dtype, acc_dtype in precisions:
+        first_accumulator.setdefault(input_dtype, acc_dtype)
+    formats, keep_pair = engine.paired("input_dtype", "acc_dtype", precisions)
+    names = (*(NUMERICS_PREFIX + rule for rule in rules), *(item.name for item in peers()))
+
+    def keep(settings):
+        if not keep_pair(settings):
+            return False
+        if settings["implementation"].startswith(NUMERICS_PREFIX):
+            return True
+        norm = "group" if settings["subset"].startswith("group") else settings["subset"]
+        item = implementations.by_name(settings["implementation"])
+        return (first_accumulator[settings["input_dtype"]] == settings["acc_dtype"]
+                and item.supports(norm, settings["layout"])
+                and settings["input_dtype"] in item.dtypes)
+
+    timings = engine.Slice("timings", {
+        "shape": tuple("x".join(map(str, shape)) for shape in shapes), **formats,
+        "layout": LAYOUTS, "subset": tuple(report.subset_label(*subset) for subset in SUBSETS),
+        "threads": threads, "implementation": names, "repetitions": (2 if smoke else 5,)},
+        keep=keep)
+    return (timings, engine.Slice("first_call", {"process": ("fresh",)}),
+            engine.Slice("reference", {"elements": (200_000 if smoke else 10_000_000,),
+                                       "repetitions": (2 if smoke else 3,)}))
+
+
+TIMING_COLUMNS = ("median_seconds", "seconds", "gb_per_s", "read_gb_per_s_before",
+                  "read_gb_per_s_after", "share_of_read", *PEER_GROUPS, "speedup_vs_fastest_peer",
+                  "import_seconds", "first_call_seconds", "cold_first_call_seconds",
+                  "elements_per_second")
+STUDY = engine.Study("performance", "Performance of the CPU kernels", grid, cell, report_section,
+                     seed_factors=("shape",), timing_columns=TIMING_COLUMNS, serial=True,
+                     derive=with_peer_ratios)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=engine.PROFILES, default="default",
+                        help="smoke: tiny shapes and few cells; default; full: more threads")
     parser.add_argument("--output", type=Path, default=report.REPOSITORY / "reports",
                         help="directory for performance.md and data/ (default: reports/)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"tiny shapes and few cells (also {QUICK_ENVIRONMENT_VARIABLE}=1)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="cell cache directory, to resume a killed run (default: none: "
+                             "timings describe the machine now, so every run times afresh)")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args(argv)
-    quick = arguments.quick or os.environ.get(QUICK_ENVIRONMENT_VARIABLE, "") not in ("", "0")
-    settings = report.Settings(arguments.output, quick, arguments.seed,
-                               report.provenance(arguments.seed, quick))
+    output = arguments.output.resolve()
+    record = report.provenance(arguments.seed, arguments.profile)
+    options = runner.RunOptions(output, arguments.profile, arguments.seed, workers=1,
+                                cache_directory=arguments.cache)
+    section, seconds = runner.run_study(sys.modules[__name__], options, record)
+    path = report.write_text(output / "performance.md", f"""# {section.title}
 
-    def log(message):
-        print(message, flush=True)
+Generated by `make bench` (`python -m studies.performance`); do not edit by hand.
 
-    start = time.perf_counter()
-    grid = grid_for(quick, arguments.seed)
-    probe = ReadProbe(max(int(np.prod(shape)) * 4 for shape in grid["shapes"]), arguments.seed)
-    frame = run_grid(grid, probe, log)
-    extras = {"repetitions": grid["repetitions"], "latency": first_call_latency(log),
-              "reference": reference_throughput(quick, log)}
-    seconds = time.perf_counter() - start
-    report.write_parquet(frame, settings.data_directory / "performance.parquet", settings)
-    report.write_text(settings.output / "performance.md",
-                      markdown(frame, extras, settings, seconds))
-    log(f"wrote {settings.output / 'performance.md'} in {seconds:.0f} s")
+{report.provenance_header(record)}
+- Run time: {seconds:.0f} s
+{section.body}""")
+    print(f"wrote {path} in {seconds:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

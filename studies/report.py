@@ -1,10 +1,10 @@
-"""Plumbing shared by the studies: run settings, provenance, all-or-nothing output files, markdown.
+"""Plumbing shared by the studies: seeds, provenance, all-or-nothing output files, markdown.
 
 Every file a study writes goes through ``write_parquet``, ``save_figure`` or ``write_text``: each
 writes a temporary file beside its target and renames it over the target, so a crash or an
 interrupt never leaves a partial result behind, and each stamps the file with the run's provenance
 (parquet: ``DataFrame.attrs["provenance"]``, restored by ``pandas.read_parquet``; PNG: a visible
-footer and the "Description" text chunk; markdown: a header written by run_all).
+footer and the "Description" text chunk; markdown: ``provenance_header`` at the top).
 """
 import contextlib
 import datetime
@@ -27,16 +27,9 @@ from numerics import cache
 REPOSITORY = Path(__file__).resolve().parent.parent
 STUDIES_DIRECTORY = Path(__file__).resolve().parent
 
-#: set to 1 for the small grids the tests run (same tables, columns and figures, fewer cells)
-QUICK_ENVIRONMENT_VARIABLE = "NUMERICS_STUDY_QUICK"
-
 #: the packages whose versions can change a result, recorded with every output
 PACKAGES = ("numpy", "numba", "llvmlite", "mpmath", "ml_dtypes", "pandas", "pyarrow", "matplotlib",
             "torch")
-
-
-def quick_mode():
-    return os.environ.get(QUICK_ENVIRONMENT_VARIABLE, "") not in ("", "0")
 
 
 def _git(*arguments):
@@ -70,8 +63,8 @@ def studies_source_hash():
     return digest.hexdigest()[:16]
 
 
-def provenance(seed, quick):
-    """What made a run's outputs: code version, date, package versions, seed and mode."""
+def provenance(seed, profile):
+    """What made a run's outputs: code version, date, package versions, seed and profile."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
@@ -81,11 +74,25 @@ def provenance(seed, quick):
         "studies_source_hash": studies_source_hash(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
-        "mode": "quick" if quick else "full",
+        "profile": profile,
         "python": platform.python_version(),
         "packages": {name: _package_version(name) for name in PACKAGES},
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
     }
+
+
+def provenance_header(record):
+    """The provenance lines at the top of every markdown report (REPORT.md, performance.md): the
+    same record that every parquet file and figure of the run carries."""
+    packages = ", ".join(f"{name} {version}" for name, version in record["packages"].items()
+                         if version)
+    dirty = " (with uncommitted changes to tracked files)" if record["git_dirty"] else ""
+    return (f"- Code: commit `{record['git_commit']}`{dirty}; numerics source hash "
+            f"`{record['numerics_source_hash']}`,\n  studies source hash "
+            f"`{record['studies_source_hash']}`\n"
+            f"- Date (UTC): {record['date_utc']}; profile: {record['profile']}; seed: "
+            f"{record['seed']}\n"
+            f"- Python {record['python']}; {packages}; {record['machine']}")
 
 
 def provenance_stamp(record):
@@ -93,32 +100,16 @@ def provenance_stamp(record):
     dirty = "+uncommitted" if record["git_dirty"] else ""
     return (f"numerics {record['git_commit'][:10]}{dirty} (sources {record['numerics_source_hash']}, "
             f"studies {record['studies_source_hash']}), {record['date_utc']}, seed {record['seed']}, "
-            f"{record['mode']} mode")
+            f"{record['profile']} profile")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where a run writes, how big its grids are, and what to stamp on its outputs."""
-    output: Path
-    quick: bool
-    seed: int
-    provenance: dict
-
-    @property
-    def data_directory(self):
-        return self.output / "data"
-
-    @property
-    def figures_directory(self):
-        return self.output / "figures"
-
-    def seed_for(self, *key):
-        """A seed for one input tensor, derived from the run's seed and a description of the
-        tensor (not from its format: the float16 and float32 versions of a tensor round the same
-        float64 draws), stable across processes and machines (CRC-32, not Python's hash)."""
-        text = "|".join(str(part) for part in key)
-        state = np.random.SeedSequence([self.seed, zlib.crc32(text.encode())]).generate_state(1)
-        return int(state[0])
+def seed_for(base_seed, *key):
+    """A seed for one input tensor, derived from the run's base seed and a description of the
+    tensor (not from its format: the float16 and float32 versions of a tensor round the same
+    float64 draws), stable across processes and machines (CRC-32, not Python's hash)."""
+    text = "|".join(str(part) for part in key)
+    state = np.random.SeedSequence([base_seed, zlib.crc32(text.encode())]).generate_state(1)
+    return int(state[0])
 
 
 @dataclass(frozen=True)
@@ -128,7 +119,7 @@ class Section:
     title: str
     anchor: str
     body: str
-    files: tuple
+    files: tuple = ()
 
 
 def _file_mode():
@@ -146,7 +137,10 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's process id in the name: a file left by a killed writer can be told from one
+    # being written (remove_orphans)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                         suffix=".tmp")
     os.close(handle)
     try:
         yield Path(temporary)
@@ -155,6 +149,28 @@ def atomic_path(path):
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def remove_orphans(directory):
+    """Delete the temporary files under ``directory`` whose writer (atomic_path) no longer runs:
+    what a killed run leaves behind. Returns how many were removed."""
+    removed = 0
+    for path in Path(directory).rglob(".*.tmp"):
+        writer = path.name.rsplit(".", 3)[-3] if path.name.count(".") >= 3 else ""
+        if writer.isdigit() and not _running(int(writer)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _running(process_id):
+    try:
+        os.kill(process_id, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_parquet(frame, path, settings):

@@ -1,19 +1,18 @@
-"""The study pipeline end to end: `python -m studies.run_all` in quick mode into a temporary
-directory, then the report, the parquet files, the figures and the notebooks that read them."""
-import json
+"""The study pipeline end to end: `python -m studies.run_all --profile smoke` into a temporary
+directory (tests/conftest.py), then the report, the parquet files and the figures. The frameworks
+study's data are tested with that study (tests/test_frameworks_study.py), the notebooks in
+tests/test_notebooks.py."""
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((REPOSITORY / "notebooks").glob("*.ipynb"))
 
 #: the columns readers (REPORT.md's tables, the notebooks) rely on, per data file
 EXPECTED_COLUMNS = {
@@ -29,9 +28,6 @@ EXPECTED_COLUMNS = {
                           "topology", "clamp", "group_size", "group_count", "negative_count",
                           "zero_count", "positive_count", "nonfinite_count", "min_var",
                           "rstd_nan_count"},
-    "frameworks": {"implementation", "kind", "used_by", "ddof", "subset", "layout", "condition",
-                   "mean", "distribution", "max_rel_error", "max_rel_error_u", "min_lre",
-                   "negative_count"},
     "nist_strd": {"dataset", "difficulty", "n", "precision", "algorithm", "topology", "kappa",
                   "lre_sd_certified", "lre_sd_stored_exact", "lre_mean_certified",
                   "lre_mean_stored_exact"},
@@ -41,14 +37,9 @@ EXPECTED_COLUMNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def reports(tmp_path_factory):
-    output = tmp_path_factory.mktemp("reports")
-    environment = {**os.environ, "NUMERICS_STUDY_QUICK": "1", "MPLBACKEND": "Agg"}
-    completed = subprocess.run([sys.executable, "-m", "studies.run_all", "--output", str(output)],
-                               cwd=REPOSITORY, env=environment, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    return output
+@pytest.fixture
+def reports(smoke_reports):
+    return smoke_reports
 
 
 def read(reports, name):
@@ -59,12 +50,12 @@ def test_report_links_only_files_that_exist(reports):
     text = (reports / "REPORT.md").read_text()
     figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
     data_files = re.findall(r"`(data/[^`]+\.parquet)`", text)
-    assert len(figures) >= 5 and len(set(data_files)) == len(EXPECTED_COLUMNS)
+    assert len(figures) >= 4 and set(EXPECTED_COLUMNS) <= {Path(path).stem for path in data_files}
     for relative in figures + data_files:
         assert (reports / relative).is_file(), relative
-    for title in ("Accuracy sweep", "Frameworks", "NIST StRD", "Bessel's correction"):
+    for title in ("Accuracy sweep", "NIST StRD", "Bessel's correction"):
         assert re.search(rf"^## \d+\. {re.escape(title)}$", text, re.MULTILINE), title
-    assert "mode: quick" in text and "seed: 0" in text
+    assert "profile: smoke" in text and "seed: 0" in text
 
 
 def test_no_partial_or_private_files_left(reports):
@@ -80,7 +71,7 @@ def test_data_files_have_their_columns_and_provenance(reports, name):
     assert len(frame) > 0
     assert EXPECTED_COLUMNS[name] <= set(frame.columns), EXPECTED_COLUMNS[name] - set(frame.columns)
     record = frame.attrs["provenance"]
-    assert record["seed"] == 0 and record["mode"] == "quick"
+    assert record["seed"] == 0 and record["profile"] == "smoke"
     assert record["git_commit"] and record["date_utc"] and record["packages"]["numpy"]
 
 
@@ -108,42 +99,27 @@ def test_the_numbers_say_what_the_theory_says(reports):
         bessel.loc[2:, "n_over_n_minus_1"].to_numpy(), rel=1e-6)
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
-def test_notebook_code_cells_run_on_the_quick_data(reports, notebook, monkeypatch, tmp_path):
-    document = json.loads(notebook.read_text())
-    assert document["nbformat"] == 4
-    sources = ["".join(cell["source"]) for cell in document["cells"] if cell["cell_type"] == "code"]
-    assert sources
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    monkeypatch.setenv("NUMERICS_REPORTS_DIR", str(reports))
-    monkeypatch.chdir(tmp_path)  # the notebook must find the data through the variable alone
-    namespace = {"__name__": "__notebook__"}
-    try:
-        for source in sources:
-            exec(compile(source, str(notebook), "exec"), namespace)
-    finally:
-        plt.close("all")
-    assert set(namespace["tables"]) == set(EXPECTED_COLUMNS)
-
-
-def test_notebooks_exist():
-    assert NOTEBOOKS, "notebooks/ holds no .ipynb file"
-
-
-def test_quick_runs_are_reproducible(tmp_path):
+def test_runs_are_reproducible(tmp_path):
     """Two runs with the same seed give identical data (the NIST and Bessel studies: the cheap
-    ones; every study draws its inputs through the same Settings.seed_for)."""
-    script = ("import sys; from pathlib import Path; from studies import bessel, nist_strd, report; "
-              "settings = report.Settings(Path(sys.argv[1]), True, 0, report.provenance(0, True)); "
-              "bessel.run(settings); nist_strd.run(settings)")
-    for run in ("first", "second"):
-        completed = subprocess.run([sys.executable, "-c", script, str(tmp_path / run)],
-                                   cwd=REPOSITORY, env={**os.environ, "MPLBACKEND": "Agg"},
-                                   capture_output=True, text=True)
+    ones; every study draws its inputs through the same seeds, studies.report.seed_for), and a
+    --workers 2 run gives the serial run's data."""
+    for run, workers in (("first", "1"), ("second", "2")):
+        completed = subprocess.run(
+            [sys.executable, "-m", "studies.run_all", "--profile", "smoke", "--only",
+             "bessel,nist_strd", "--output", str(tmp_path / run), "--no-cache", "--workers",
+             workers], cwd=REPOSITORY, env={**os.environ, "MPLBACKEND": "Agg"},
+            capture_output=True, text=True)
         assert completed.returncode == 0, completed.stderr
-    for name in ("bessel", "nist_strd"):
+    for name in ("bessel", "bessel_single_value", "nist_strd"):
         first = pd.read_parquet(tmp_path / "first" / "data" / f"{name}.parquet")
         second = pd.read_parquet(tmp_path / "second" / "data" / f"{name}.parquet")
-        pd.testing.assert_frame_equal(first, second)
+        pd.testing.assert_frame_equal(first, second, check_exact=True)
+
+
+def test_bad_options_name_the_option():
+    for arguments, message in ((["--only", "accuracy,nonsense"], "--only: unknown studies nonsense"),
+                               (["--workers", "0"], "--workers must be at least 1"),
+                               (["--profile", "huge"], "--profile: invalid choice")):
+        completed = subprocess.run([sys.executable, "-m", "studies.run_all", *arguments],
+                                   cwd=REPOSITORY, capture_output=True, text=True)
+        assert completed.returncode == 2 and message in completed.stderr, completed.stderr

@@ -24,15 +24,31 @@ PROFILES = ("smoke", "default", "full")
 
 @dataclass(frozen=True)
 class Slice:
-    """A named part of a study's grid: its cells are the product of the factors' values."""
+    """A named part of a study's grid: its cells are the product of the factors' values.
+
+    ``keep``: a test on a cell's settings that leaves out the combinations that make no sense
+    (None: every combination is a cell).
+    """
     name: str
     factors: Mapping[str, Sequence]
+    keep: Callable[[Mapping], bool] | None = None
 
     def settings(self):
         """Every cell's settings, in a fixed order (the factors' order, then their values')."""
         names = tuple(self.factors)
-        return [dict(zip(names, values))
-                for values in itertools.product(*(tuple(self.factors[name]) for name in names))]
+        combinations = (dict(zip(names, values)) for values in
+                        itertools.product(*(tuple(self.factors[name]) for name in names)))
+        return [settings for settings in combinations if self.keep is None or self.keep(settings)]
+
+
+def paired(first, second, pairs):
+    """Two factors that only occur in some combinations (an input format and an accumulator
+    format): the factors for a Slice, and the ``keep`` test that leaves only ``pairs``."""
+    pairs = tuple(pairs)
+    allowed = set(pairs)
+    factors = {first: tuple(dict.fromkeys(pair[0] for pair in pairs)),
+               second: tuple(dict.fromkeys(pair[1] for pair in pairs))}
+    return factors, lambda settings: (settings[first], settings[second]) in allowed
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,10 @@ class Study:
     differ only in other settings (the rule, the precision) see the same input. ``timing_columns``:
     columns that record wall-clock time, the only ones allowed to differ between two runs.
     ``serial``: the cells time something and must run one at a time in the main process.
+    ``derive``: tables -> tables, for columns that compare cells (one implementation's time over
+    another's), applied to the run's tables before they are written (None: none).
+    ``seed_key``: the description of a cell's input from which its seed is derived
+    (studies.report.seed_for; None: the study's name and the values of the seed factors, in order).
     """
     name: str
     title: str
@@ -62,3 +82,5 @@ class Study:
     timing_columns: tuple = ()
     serial: bool = False
     description: str = field(default="")
+    seed_key: Callable[[Mapping], tuple] | None = None
+    derive: Callable[[dict], dict] | None = None
