@@ -1,7 +1,7 @@
 """numerics: how accurately normalization layers compute their mean and variance.
 
 Every statistic is subset x update rule x reduction topology x precision x Bessel correction
-(ARCHITECTURE.md section 1). The public API:
+(docs/architecture.md, section 1). The public API:
 
 - ``moments(x, norm, ...)``: the statistics, on the CPU or the GPU, with a record of what ran;
 - ``normalize(x, norm, ...)``: the normalized output y = (x − mean)/sqrt(var + eps)·weight + bias,

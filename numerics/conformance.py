@@ -23,7 +23,7 @@ The cases (``CASES``, in this order):
   returned NaN on NCHW input with 3 channels and an offset of 1e4: XLA's expansion computes
   E[x²] − E[x]² and the variance went negative.
 - ``flax-1491``: Flax #1491 (open), BatchNorm's variance negative, hence NaN from rsqrt, on large
-  synthetic images; Flax's default is E[x²] − E[x]² with a clamp. The issue's images are not
+  synthetic images; Flax's default is E[x²] − E[x]² with a clamp. The images of #1491 are not
   reproduced: the stand-in is channels-last images of one grey level (250) with noise of std 0.05,
   |mean|/std = 5000, where float32's E[x²] − E[x]² keeps no digit.
 - ``numerics-groupnorm-channels-last``: found by this toolkit, no upstream report found: PyTorch's CPU

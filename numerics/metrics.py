@@ -5,8 +5,9 @@ floats and ints, numpy floats of the four formats (float16 and bfloat16 included
 ``mpmath.mpf`` (what numerics.reference returns), ``fractions.Fraction`` and decimal strings (NIST
 certified values, read at the working precision). Results are float64: an array for array
 arguments, a numpy float64 scalar when every argument is a scalar. The arithmetic is done in mpmath
-at ``WORKING_BITS`` bits, scoped with ``mpmath.workprec`` (ARCHITECTURE.md trap 6): a difference of
-two exact operands is correctly rounded in mpmath, so no cancellation spoils an error measure.
+at ``WORKING_BITS`` bits, scoped with ``mpmath.workprec`` (docs/architecture.md, trap 6): a
+difference of two exact operands is correctly rounded in mpmath, so no cancellation spoils an error
+measure.
 """
 import math
 from fractions import Fraction

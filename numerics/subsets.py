@@ -2,10 +2,10 @@
 
 A tensor of shape (N, C, *spatial) (layout "NCHW", channels first) or (N, *spatial, C) (layout "NHWC",
 channels last) is viewed, without copying, as ``(kept_outer, reduced_outer, kept_inner, reduced_inner)``
-(K1, P, K2, Q in ARCHITECTURE.md section 1). The statistics reduce over the two ``reduced_*`` axes
-for each ``(kept_outer, kept_inner)`` pair; that (K1, K2) grid, read in C order, is the statistics
-array of the layer's documented shape. One group's elements, in the order every topology counts
-them, run over ``reduced_outer`` (slow) and ``reduced_inner`` (fast).
+(K1, P, K2, Q in docs/architecture.md, section 1.2). The statistics reduce over the two
+``reduced_*`` axes for each ``(kept_outer, kept_inner)`` pair; that (K1, K2) grid, read in C order,
+is the statistics array of the layer's documented shape. One group's elements, in the order every
+topology counts them, run over ``reduced_outer`` (slow) and ``reduced_inner`` (fast).
 """
 from dataclasses import dataclass
 from math import prod

@@ -1,4 +1,4 @@
-"""Study (a): how accurate the variance of each normalization group is, over the toolkit's factors.
+"""Study: how accurate the variance of each normalization group is, over the toolkit's factors.
 
 The factors are algorithm, subset (batch / layer / instance / group with several group sizes),
 layout, input format, accumulator format, Bessel correction, data condition (distribution and
@@ -46,7 +46,7 @@ MEAN_OVER_STD = (0.0, *(factor * 10.0 ** exponent for exponent in range(8) for f
 QUICK_MEAN_OVER_STD = (0.0, 1.0, 1e2, 1e4)
 #: the columns of the LRE table
 DECADES = (0.0, *(10.0 ** exponent for exponent in range(9)))
-#: the condition of accuracy.md's anchor case (mean 1e4, std 1), on every grid
+#: the anchor condition (mean 1e4, std 1: docs/architecture.md, section 4.3), on every grid
 HEADLINE = 1e4
 #: |mean|/std of the tables that compare subsets, distributions, ddof and group sizes: far enough
 #: from 0 that the rules differ, close enough that the stable ones keep most digits
@@ -61,7 +61,8 @@ SUBSETS = (("batch", None), ("layer", None), ("instance", None), ("group", 2), (
 CONSTANTS = (0.1, 1.0, 1234.0, 3333.3333, 10000.1)
 #: the eps of a typical normalization layer: a variance below -eps makes 1/sqrt(var + eps) NaN
 LAYER_EPS = 1e-5
-#: where the textbook one-pass formula loses every digit, κ²u ≈ 1 (accuracy.md)
+#: where the textbook one-pass formula loses every digit, κ²u ≈ 1 (docs/architecture.md,
+#: section 4.3)
 PREDICTED_TOTAL_LOSS = {"float32": 4e3, "float64": 1e8, "float16": 45, "bfloat16": 16}
 
 
@@ -650,7 +651,7 @@ and ddof) in {len(sweep)} slices, plus {len(constant)} constant-group rows:
 
 {chr(10).join(f'- {line}' for line in findings(frame, constant))}
 
-Correct digits (worst-group LRE) at accuracy.md's anchor condition, |mean|/std = {HEADLINE:g}
+Correct digits (worst-group LRE) at the anchor condition, |mean|/std = {HEADLINE:g}
 (κ ≈ {HEADLINE:g}), float32 data and accumulator, GroupNorm G=8, normal data, by order:
 
 {results.table(headline, one_decimal)}

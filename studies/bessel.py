@@ -1,4 +1,5 @@
-"""Study (d): Bessel's correction on small groups, where frameworks disagree (frameworks.md).
+"""Study: Bessel's correction on small groups, where frameworks disagree (docs/architecture.md,
+section 7.3).
 
 Every framework normalizes with the biased variance (ddof 0) while training; for the running
 (inference) variance PyTorch, TF fused, Caffe, cuDNN and apex use n − 1, Keras 3, Flax and MXNet

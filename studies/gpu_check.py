@@ -106,7 +106,8 @@ PROFILES = {
     # a first look on a GPU: every check, one mid-sized shape
     "quick": Profile("quick", (2, 8, 32, 32), None, (256, 32, 1024), ((8, 64, 56, 56),),
                      ("float32", "float16"), SUBSETS, None, Repeats()),
-    # the table: fits the device run's budget on an H200 (tools/gpu_run.py)
+    # every shape and check: fits the device run's budget on an H200 (docs/architecture.md,
+    # section 8)
     "default": Profile("default", (2, 8, 32, 32), None, (256, 32, 1024),
                        ((32, 256, 56, 56), (8, 64, 224, 224)), ("float32", "float16"), SUBSETS,
                        None, Repeats()),

@@ -1,4 +1,4 @@
-"""Study (c): the NIST StRD univariate datasets, every rule in float32 and float64.
+"""Study: the NIST StRD univariate datasets, every rule in float32 and float64.
 
 The NIST values are decimal. Stored as binary floats (each decimal string rounded once, to nearest,
 to the format: numerics.metrics.correctly_rounded), they already differ from the data NIST
@@ -23,7 +23,8 @@ TITLE = "NIST StRD"
 
 PRECISIONS = ("float32", "float64")
 TOPOLOGIES = ("sequential", numerics.DEFAULT_TOPOLOGY)
-#: accuracy.md's LRE caps for inputs stored in float64 and float32, where it gives them
+#: the LRE caps for inputs stored in float64 and float32 that docs/architecture.md, section 4.5,
+#: quotes (for comparison with the "exact" column, which recomputes them)
 QUOTED_CAPS = {"Mavro": (13.1, 4.7), "Michelso": (13.9, 4.7), "NumAcc2": (15, 6.4),
                "NumAcc3": (9.5, 1.2), "NumAcc4": (8.3, 0)}
 #: bits of the exact square roots (numerics.reference's default precision)
@@ -85,7 +86,7 @@ def lre_table(frame, precision):
     quoted = {name: caps[index] for name, caps in QUOTED_CAPS.items()}
     table.insert(0, "n", [per_dataset.loc[name, "n"] for name in table.index])
     table.insert(1, "κ", [per_dataset.loc[name, "kappa"] for name in table.index])
-    table.insert(2, "accuracy.md cap", [quoted.get(name, np.nan) for name in table.index])
+    table.insert(2, "quoted cap", [quoted.get(name, np.nan) for name in table.index])
     return table.reset_index()
 
 
@@ -119,7 +120,8 @@ def report_section(results):
 accumulator = storage format. Each cell: LRE of the standard deviation **against the certified value / against the
 exact standard deviation of the stored binary values** (15 = all certified digits; 0 = no digit, or
 a negative variance). "exact": exact arithmetic on the stored values, so its first number is the cap
-the input rounding sets. κ: condition number of the stored data. `data/nist_strd.parquet` also has
+the input rounding sets; "quoted cap": the same cap as docs/architecture.md (section 4.5) quotes it.
+κ: condition number of the stored data. `data/nist_strd.parquet` also has
 the mean's LREs, the computed variances and the default order.
 
 {topology_note(frame)}

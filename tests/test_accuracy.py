@@ -10,7 +10,8 @@ import pytest
 import numerics
 from numerics import bounds, data, metrics, precision, reference
 
-#: the "small constant" of the issue: bounds.py gives leading-order terms without their constants
+#: the small constant the bounds are multiplied by: bounds.py gives leading-order terms without
+#: their constants (docs/architecture.md, section 4.2)
 BOUND_FACTOR = 2.0
 TOPOLOGIES = [numerics.TOPOLOGIES[name] for name in numerics.TOPOLOGIES]
 FORMAT_TYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
@@ -103,7 +104,7 @@ def test_ill_conditioned_data_within_its_bound(norm, groups, layout, input_forma
 
 def test_the_naive_rule_really_is_naive():
     """float32 data with |mean|/std = 1e4 in a sequential float32 accumulator lose most digits, as
-    n kappa^2 u says; an accidental float64 accumulator (ARCHITECTURE.md trap 1) would not."""
+    n kappa^2 u says; an accidental float64 accumulator (docs/architecture.md, trap 1) would not."""
     x = data.generate((8, 4096), "float32", "normal", mean=1e4, std=1.0, seed=3)
     _, exact_var = reference.moments(x, "layer")
     _, naive_var = numerics.moments(x, "layer", algorithm="naive", topology="sequential",

@@ -11,7 +11,7 @@ from numerics import conformance, reference
 
 from helpers import assert_bitwise_equal
 
-#: the cases the issue requires, with their trackers and numbers
+#: the cases of docs/architecture.md, section 7.4, with their trackers and numbers
 REQUIRED = {"onnxruntime-21935": "ONNX Runtime #21935", "onnxruntime-28463": "ONNX Runtime #28463",
             "pytorch-40302": "PyTorch #40302", "pytorch-51102": "PyTorch #51102",
             "pytorch-5410": "PyTorch #5410", "tensorflow-118701": "TensorFlow #118701",

@@ -61,8 +61,9 @@ def test_exact_decimal_moments_reproduce_the_certified_values(name):
     assert metrics.lre(sd, dataset.certified_sd) >= 14
 
 
-# accuracy.md: the LRE of the sd that even exact arithmetic reaches once the decimals are stored
-# as binary floats (one decimal); the float64 column caps every algorithm on these inputs
+# docs/architecture.md, section 4.5: the LRE of the sd that even exact arithmetic reaches once the
+# decimals are stored as binary floats (one decimal); the float64 column caps every algorithm on
+# these inputs
 STORED_INPUT_LRE_CAPS = {"Mavro": (13.1, 4.7), "Michelso": (13.9, 4.7), "NumAcc2": (15.0, 6.4),
                          "NumAcc3": (9.5, 1.2), "NumAcc4": (8.3, 0.0)}
 

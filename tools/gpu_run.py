@@ -50,7 +50,8 @@ from studies import gpu_check  # noqa: E402 (the path above first)
 
 WHEELS = REPOSITORY / "build" / "gpu-wheels"
 SITE = Path("/tmp/numerics-gpu-site")
-#: pip download's target: the device's python3 (KINDS.md of the device tool: Python 3.12, x86-64)
+#: pip download's target: the lent GPU machines' python3 (Python 3.12, x86-64; docs/architecture.md,
+#: section 8)
 WHEEL_PLATFORM = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:",
                   "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64",
                   "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]
