@@ -18,6 +18,7 @@ settings.register_profile("ci", max_examples=25, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Tests of one input format run on one worker (`--dist loadgroup`): the kernels are
     specialised per (rule family, input format, accumulator format), so the workers compile
