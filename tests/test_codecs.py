@@ -1,0 +1,94 @@
+"""The 16-bit codecs of numerics.precision, compiled as the kernels compile them (numba.njit), checked
+exhaustively where that is possible (every one of the 65 536 bit patterns of each 16-bit format)
+and on every rounding boundary where it is not (docs/architecture.md, trap 10): numpy's float16 and
+ml_dtypes' bfloat16 casts are the correctly rounded references."""
+import ml_dtypes
+import numba
+import numpy as np
+import pytest
+
+from numerics import precision
+
+ALL_PATTERNS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+REFERENCE_TYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+DECODERS = {"float16": precision.float16_bits_to_float32,
+            "bfloat16": precision.bfloat16_bits_to_float32}
+ROUNDERS = {"float16": precision.round_float32_to_float16,
+            "bfloat16": precision.round_float32_to_bfloat16}
+
+
+def compiled_map(function, output_dtype):
+    """``function`` compiled with numba.njit and applied element by element."""
+    scalar = numba.njit(function)
+
+    @numba.njit
+    def apply(values, out):
+        for i in range(values.shape[0]):
+            out[i] = scalar(values[i])
+
+    def run(values):
+        out = np.empty(values.shape[0], output_dtype)
+        apply(values, out)
+        return out
+
+    return run
+
+
+def same_values(computed, expected):
+    """Bit-equal float32 arrays, except that any NaN matches any NaN (payloads are not specified)."""
+    both_nan = np.isnan(computed) & np.isnan(expected)
+    return np.array_equal(computed.view(np.uint32)[~both_nan], expected.view(np.uint32)[~both_nan])
+
+
+@pytest.mark.parametrize("format_name", ["float16", "bfloat16"])
+def test_decoding_every_bit_pattern_is_exact(format_name):
+    decoded = compiled_map(DECODERS[format_name], np.float32)(ALL_PATTERNS)
+    expected = ALL_PATTERNS.view(REFERENCE_TYPES[format_name]).astype(np.float32)
+    assert same_values(decoded, expected)
+    assert np.array_equal(np.isnan(decoded), np.isnan(expected))
+
+
+def boundary_inputs(format_name):
+    """float32 values at and around every rounding boundary of the format: each finite 16-bit
+    value, each midpoint between neighbours (the ties), and the float32 neighbours of both, for
+    both signs, plus the overflow threshold region and the float32 specials."""
+    values = ALL_PATTERNS.view(REFERENCE_TYPES[format_name]).astype(np.float32)
+    finite = np.unique(np.abs(values[np.isfinite(values)]))
+    largest = finite[-1]
+    # the "next value" above the largest finite one is the overflow threshold's far side
+    upper = np.append(finite[1:], np.float32(largest) * 2 if format_name == "bfloat16"
+                      else np.float32(65536.0))
+    midpoints = ((finite.astype(np.float64) + upper.astype(np.float64)) / 2).astype(np.float32)
+    points = np.concatenate([finite, midpoints])
+    around = np.concatenate([points, np.nextafter(points, np.float32(np.inf)),
+                             np.nextafter(points, np.float32(0))])
+    specials = np.array([np.inf, np.finfo(np.float32).max, np.finfo(np.float32).tiny,
+                         np.float32(1e-45)], np.float32)
+    magnitudes = np.concatenate([around, specials])
+    return np.concatenate([magnitudes, -magnitudes, [np.float32(np.nan)]]).astype(np.float32)
+
+
+def random_float32(count, seed=0):
+    bits = np.random.default_rng(seed).integers(0, 1 << 32, count, dtype=np.uint64)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("format_name", ["float16", "bfloat16"])
+def test_rounding_is_correct_at_every_boundary_and_on_random_bit_patterns(format_name):
+    inputs = np.concatenate([boundary_inputs(format_name), random_float32(1 << 20)])
+    rounded = compiled_map(ROUNDERS[format_name], np.float32)(inputs)
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow to Inf is under test
+        expected = inputs.astype(REFERENCE_TYPES[format_name]).astype(np.float32)
+    assert same_values(rounded, expected)
+    assert np.array_equal(np.isnan(rounded), np.isnan(expected))
+
+
+@pytest.mark.parametrize("format_name", ["float16", "bfloat16"])
+def test_ties_go_to_even(format_name):
+    """The midpoint between 1 and the next value up rounds down to 1 (even significand); the
+    midpoint above that next value rounds up (to the even one after it)."""
+    one_up = np.nextafter(REFERENCE_TYPES[format_name](1), REFERENCE_TYPES[format_name](2))
+    step = np.float32(one_up) - np.float32(1)
+    rounder = compiled_map(ROUNDERS[format_name], np.float32)
+    ties = np.array([1 + step / 2, 1 + 3 * step / 2], np.float32)
+    assert rounder(ties).tolist() == [1.0, float(1 + 2 * step)]
