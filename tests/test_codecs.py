@@ -53,12 +53,11 @@ def boundary_inputs(format_name):
     value, each midpoint between neighbours (the ties), and the float32 neighbours of both, for
     both signs, plus the overflow threshold region and the float32 specials."""
     values = ALL_PATTERNS.view(REFERENCE_TYPES[format_name]).astype(np.float32)
-    finite = np.unique(np.abs(values[np.isfinite(values)]))
-    largest = finite[-1]
-    # the "next value" above the largest finite one is the overflow threshold's far side
-    upper = np.append(finite[1:], np.float32(largest) * 2 if format_name == "bfloat16"
-                      else np.float32(65536.0))
-    midpoints = ((finite.astype(np.float64) + upper.astype(np.float64)) / 2).astype(np.float32)
+    finite = np.unique(np.abs(values[np.isfinite(values)])).astype(np.float64)
+    # one step past the largest finite value: the midpoint below it is the overflow threshold
+    upper = np.append(finite[1:], 2 * finite[-1] - finite[-2])
+    midpoints = ((finite + upper) / 2).astype(np.float32)
+    finite = finite.astype(np.float32)
     points = np.concatenate([finite, midpoints])
     around = np.concatenate([points, np.nextafter(points, np.float32(np.inf)),
                              np.nextafter(points, np.float32(0))])
