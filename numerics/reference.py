@@ -30,6 +30,7 @@ import mpmath
 import numpy as np
 from mpmath import libmp
 from numba import njit
+from numba.extending import overload
 
 from . import normalization, precision, statistics, subsets
 
@@ -38,29 +39,42 @@ from . import normalization, precision, statistics, subsets
 MINIMUM_BITS = 200
 
 DIGIT_BITS = 32
-#: elements of one group between carry normalisations. Per element a digit gains less than
-#: 7 * 2**32 < 2**35 (binary64 squares make 7 deposits), so 2**24 elements stay below 2**59.
+#: elements of one group between folds of its accumulators into its digits. Per element a binary32
+#: bucket slot gains less than 2**24, so a slot stays below 2**48; a binary64 digit gains less than
+#: 7 * 2**32 < 2**35 (squares make 7 deposits), so a digit stays below 2**59: int64 never overflows.
 FLUSH_INTERVAL = 1 << 24
+
+#: binary32 biased exponents that hold finite values (255 is Inf and NaN): one bucket each
+BINARY32_EXPONENTS = 255
 
 #: precision of the working values behind the float64 condition numbers (a few bits past float64)
 CONDITION_BITS = 64
 
 
 # ---- compiled kernels: exact integer accumulation -----------------------------------------------
+#
+# binary32 (the fast path): the significands m < 2**24 that share a biased exponent share one
+# bucket of three int64 slots, Σ±m, Σ(m² mod 2**24) and Σ⌊m²/2**24⌋, so an element costs three
+# integer adds; each slot gains less than 2**24 per element, hence stays below 2**48 for the
+# FLUSH_INTERVAL elements between folds. A fold adds every bucket, shifted by its exponent, into the
+# group's digits and empties it. binary64 (significands of 53 bits, squares of 106) deposits every
+# element straight into the digits.
 
 @njit(cache=True)
-def _deposit(digits, group, magnitude, position, negative):
-    """Add ±magnitude·2**position (0 <= magnitude < 2**31) to the base-2**32 digits of ``group``."""
+def _add_piece(digits, group, piece, position):
+    """Add piece·2**position (|piece| < 2**32, either sign) to the base-2**32 digits of
+    ``group``."""
     index = position >> 5
-    shifted = magnitude << (position & 31)  # < 2**62: no int64 overflow
-    low = shifted & 0xFFFFFFFF
-    high = shifted >> 32
-    if negative:
-        digits[group, index] -= low
-        digits[group, index + 1] -= high
-    else:
-        digits[group, index] += low
-        digits[group, index + 1] += high
+    shifted = piece << (position & 31)  # |shifted| < 2**63: no int64 overflow
+    digits[group, index] += shifted & 0xFFFFFFFF  # shifted = high·2**32 + low, 0 <= low < 2**32
+    digits[group, index + 1] += shifted >> 32  # arithmetic shift: floor division, sign kept
+
+
+@njit(cache=True)
+def _add(digits, group, value, position):
+    """Add value·2**position (|value| < 2**62, either sign) to the digits of ``group``."""
+    _add_piece(digits, group, value & 0xFFFFFFFF, position)
+    _add_piece(digits, group, value >> 32, position + 32)  # |value >> 32| < 2**30
 
 
 @njit(cache=True)
@@ -83,21 +97,42 @@ def _count_nonfinite(nonfinite, group, fraction, negative):
 
 
 @njit(cache=True)
-def _push_binary32(word, group, sums, squares, nonfinite):
-    """One float32 (its bits as a signed integer): x = ±significand·2**(position − 149)."""
+def _push_binary32(word, slot, group, table, nonfinite):
+    """One float32 (its bits as a signed integer), x = ±m·2**(position − 149), into the bucket
+    of its biased exponent in row ``slot`` of the table."""
+    word = np.int64(word)  # sign-extended: bit 63 is the sign bit
     biased = (word >> 23) & 0xFF
     fraction = word & 0x7FFFFF
-    negative = word < 0
     if biased == 0xFF:
-        _count_nonfinite(nonfinite, group, fraction, negative)
+        _count_nonfinite(nonfinite, group, fraction, word < 0)
         return
-    normal = np.int64(biased != 0)  # subnormals share the exponent of the smallest normals
-    significand = fraction | (normal << 23)
-    position = biased - normal
-    _deposit(sums, group, significand, position, negative)
+    significand = fraction | (np.int64(biased != 0) << 23)
+    sign = word >> 63  # 0 or −1
+    table[slot, biased, 0] += (significand ^ sign) - sign  # ±significand, without a branch
     square = significand * significand  # < 2**48, exact in int64
-    _deposit(squares, group, square & 0xFFFFFF, 2 * position, False)
-    _deposit(squares, group, square >> 24, 2 * position + 24, False)
+    table[slot, biased, 1] += square & 0xFFFFFF
+    table[slot, biased, 2] += square >> 24
+
+
+@njit(cache=True)
+def _fold_binary32(table, first_group, sums, squares):
+    """Add every bucket of the table (row i belongs to group first_group + i) into the digits,
+    empty it, and carry-normalise the digits. Each slot is below 2**48 (FLUSH_INTERVAL); each
+    digit starts below 2**32 and gains less than 2**32 from each of at most 12 * 255 additions."""
+    for slot in range(table.shape[0]):
+        group = first_group + slot
+        for biased in range(BINARY32_EXPONENTS):
+            total = table[slot, biased, 0]
+            low = table[slot, biased, 1]
+            high = table[slot, biased, 2]
+            if total | low | high:
+                position = max(biased - 1, 0)  # subnormals share the smallest normals' exponent
+                _add(sums, group, total, position)
+                _add(squares, group, low, 2 * position)
+                _add(squares, group, high, 2 * position + 24)
+                table[slot, biased, 0] = table[slot, biased, 1] = table[slot, biased, 2] = 0
+        _normalize(sums, group)
+        _normalize(squares, group)
 
 
 @njit(cache=True)
@@ -109,11 +144,14 @@ def _push_binary64(word, group, sums, squares, nonfinite):
     if biased == 0x7FF:
         _count_nonfinite(nonfinite, group, fraction, negative)
         return
-    normal = np.int64(biased != 0)
+    normal = np.int64(biased != 0)  # subnormals share the exponent of the smallest normals
     significand = fraction | (normal << 52)
     position = biased - normal
-    _deposit(sums, group, significand & 0x7FFFFFF, position, negative)
-    _deposit(sums, group, significand >> 27, position + 27, negative)
+    sign = word >> 63  # 0 or −1
+    low = significand & 0x7FFFFFF
+    high = significand >> 27
+    _add_piece(sums, group, (low ^ sign) - sign, position)
+    _add_piece(sums, group, (high ^ sign) - sign, position + 27)
     # m² is 106 bits: split m into four 14-bit pieces c0..c3 (c3 < 2**11); the convolution terms
     # sum(c_i c_j, i + j = k) stay below 2**30 and sit at 14k bits
     piece0 = significand & 0x3FFF
@@ -121,63 +159,92 @@ def _push_binary64(word, group, sums, squares, nonfinite):
     piece2 = (significand >> 28) & 0x3FFF
     piece3 = significand >> 42
     base = 2 * position
-    _deposit(squares, group, piece0 * piece0, base, False)
-    _deposit(squares, group, 2 * piece0 * piece1, base + 14, False)
-    _deposit(squares, group, 2 * piece0 * piece2 + piece1 * piece1, base + 28, False)
-    _deposit(squares, group, 2 * (piece0 * piece3 + piece1 * piece2), base + 42, False)
-    _deposit(squares, group, 2 * piece1 * piece3 + piece2 * piece2, base + 56, False)
-    _deposit(squares, group, 2 * piece2 * piece3, base + 70, False)
-    _deposit(squares, group, piece3 * piece3, base + 84, False)
+    _add_piece(squares, group, piece0 * piece0, base)
+    _add_piece(squares, group, 2 * piece0 * piece1, base + 14)
+    _add_piece(squares, group, 2 * piece0 * piece2 + piece1 * piece1, base + 28)
+    _add_piece(squares, group, 2 * (piece0 * piece3 + piece1 * piece2), base + 42)
+    _add_piece(squares, group, 2 * piece1 * piece3 + piece2 * piece2, base + 56)
+    _add_piece(squares, group, 2 * piece2 * piece3, base + 70)
+    _add_piece(squares, group, piece3 * piece3, base + 84)
 
 
-def _make_accumulator(push):
-    """A kernel that reads a canonical (kept_outer, reduced_outer, kept_inner, reduced_inner) view
-    of float bits in memory order and pushes every element into its group's digits."""
+def _push(word, slot, group, table, sums, squares, nonfinite):
+    """Add one element (its bits) to its group; compiled only, by the format: _push_for_width."""
+    raise NotImplementedError("_push runs inside compiled kernels only")
 
-    @njit(cache=True)
-    def accumulate(words, sums, squares, nonfinite):
-        kept_outer, reduced_outer, kept_inner, reduced_inner = words.shape
-        since_flush = np.zeros(kept_outer * kept_inner, np.int64)
-        for outer in range(kept_outer):
-            for row in range(reduced_outer):
-                for inner in range(kept_inner):
-                    group = outer * kept_inner + inner
-                    for start in range(0, reduced_inner, FLUSH_INTERVAL):
-                        stop = min(start + FLUSH_INTERVAL, reduced_inner)
-                        if since_flush[group] + (stop - start) > FLUSH_INTERVAL:
-                            _normalize(sums, group)
-                            _normalize(squares, group)
-                            since_flush[group] = 0
-                        for column in range(start, stop):
-                            push(np.int64(words[outer, row, inner, column]), group, sums, squares,
-                                 nonfinite)
-                        since_flush[group] += stop - start
-        for group in range(kept_outer * kept_inner):
+
+@overload(_push)
+def _push_for_width(word, slot, group, table, sums, squares, nonfinite):
+    if word.bitwidth == 32:
+        return lambda word, slot, group, table, sums, squares, nonfinite: _push_binary32(
+            word, slot, group, table, nonfinite)
+    return lambda word, slot, group, table, sums, squares, nonfinite: _push_binary64(
+        word, group, sums, squares, nonfinite)
+
+
+def _fold(words, table, first_group, group_count, sums, squares):
+    """Bring groups first_group.. (group_count of them) into normalised digits; compiled only."""
+    raise NotImplementedError("_fold runs inside compiled kernels only")
+
+
+@overload(_fold)
+def _fold_for_width(words, table, first_group, group_count, sums, squares):
+    if words.dtype.bitwidth == 32:
+        return lambda words, table, first_group, group_count, sums, squares: _fold_binary32(
+            table, first_group, sums, squares)
+
+    def normalize_groups(words, table, first_group, group_count, sums, squares):
+        for group in range(first_group, first_group + group_count):
             _normalize(sums, group)
             _normalize(squares, group)
 
-    return accumulate
+    return normalize_groups
+
+
+@njit(cache=True)
+def _accumulate(words, table, sums, squares, nonfinite):
+    """Add every element of a canonical (kept_outer, reduced_outer, kept_inner, reduced_inner)
+    view of float bits, in memory order, to its group; the groups of one kept_outer index share
+    the table (one row each) and are folded at least every FLUSH_INTERVAL of their elements."""
+    kept_outer, reduced_outer, kept_inner, reduced_inner = words.shape
+    for outer in range(kept_outer):
+        first_group = outer * kept_inner
+        since_fold = 0  # elements each group of this outer index received since the last fold
+        for row in range(reduced_outer):
+            for start in range(0, reduced_inner, FLUSH_INTERVAL):
+                stop = min(start + FLUSH_INTERVAL, reduced_inner)
+                if since_fold + (stop - start) > FLUSH_INTERVAL:
+                    _fold(words, table, first_group, kept_inner, sums, squares)
+                    since_fold = 0
+                for inner in range(kept_inner):
+                    for column in range(start, stop):
+                        _push(words[outer, row, inner, column], inner, first_group + inner, table,
+                              sums, squares, nonfinite)
+                since_fold += stop - start
+        _fold(words, table, first_group, kept_inner, sums, squares)
 
 
 @dataclass(frozen=True)
 class _Encoding:
     """How one binary format is accumulated: its bits as which integer type, the exponent of
-    position 0, and how many base-2**32 digits hold Σx and Σx² (the highest position a deposit
-    reaches, plus 64 bits of headroom for the count, plus the signed top digit)."""
+    position 0, how many base-2**32 digits hold Σx and Σx² (the highest position a deposit
+    reaches, plus 64 bits of headroom for the count, plus the signed top digit), and the buckets
+    per group of its table (0: it deposits straight into the digits)."""
     word_dtype: type
     lowest_exponent: int
     sum_digits: int
     square_digits: int
-    accumulate: object
+    buckets: int
 
 
 _ENCODINGS = {
-    # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position
+    # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position; a fold
+    # adds a slot (< 2**48) as two 32-bit pieces, the high one at 2·253 + 24 + 32
     "float32": _Encoding(np.int32, -149, (253 + 24 + 64) // DIGIT_BITS + 2,
-                         (2 * 253 + 48 + 64) // DIGIT_BITS + 2, _make_accumulator(_push_binary32)),
+                         (2 * 253 + 48 + 64) // DIGIT_BITS + 2, BINARY32_EXPONENTS),
     # binary64: positions 0..2045, significands < 2**53, squares < 2**106
     "float64": _Encoding(np.int64, -1074, (2045 + 53 + 64) // DIGIT_BITS + 2,
-                         (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, _make_accumulator(_push_binary64)),
+                         (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, 0),
 }
 
 
@@ -196,15 +263,20 @@ def _digits_to_ints(digits):
 @dataclass(frozen=True)
 class _ScaledSums:
     """Σx = sums[g] / scale and Σx² = squares[g] / scale**2 for group g, exactly; ``firsts[g]`` is
-    the group's first element times ``scale``. ``nonfinite[g]`` counts (NaN, +Inf, −Inf) (finite
-    groups: all zero; the sums leave the non-finite values out)."""
+    the group's first element (a float or a Fraction). ``nonfinite`` maps each group that holds NaN
+    or Inf to its counts (NaN, +Inf, −Inf); the sums leave the non-finite values out."""
     count: int
     scale: int
     sums: list
     squares: list
-    firsts: list
-    nonfinite: list
+    firsts: object
+    nonfinite: dict
     stats_shape: tuple
+
+    def scaled_first(self, group):
+        """The group's first element times ``scale`` (an int), 0 for a non-finite one."""
+        first = self.firsts[group]
+        return int(Fraction(first) * self.scale) if math.isfinite(first) else 0
 
 
 def _scaled_sums(x, norm, groups, layout):
@@ -227,17 +299,13 @@ def _scaled_sums(x, norm, groups, layout):
     sums = np.zeros((group_count, encoding.sum_digits), np.int64)
     squares = np.zeros((group_count, encoding.square_digits), np.int64)
     nonfinite = np.zeros((group_count, 3), np.int64)
-    encoding.accumulate(values.view(encoding.word_dtype), sums, squares, nonfinite)
-    scale = 1 << -encoding.lowest_exponent
-    firsts = []
-    for first in values[:, 0, :, 0].reshape(-1).tolist():
-        if math.isfinite(first):
-            numerator, denominator = first.as_integer_ratio()
-            firsts.append(numerator * (scale // denominator))
-        else:
-            firsts.append(0)  # its group is non-finite: no shift is ever taken from it
-    return _ScaledSums(view.group_size, scale, _digits_to_ints(sums), _digits_to_ints(squares),
-                       firsts, [tuple(counts) for counts in nonfinite.tolist()], view.stats_shape)
+    table = np.zeros((view.kept_inner, encoding.buckets, 3), np.int64)
+    _accumulate(values.view(encoding.word_dtype), table, sums, squares, nonfinite)
+    special = np.flatnonzero(nonfinite.any(axis=1))
+    special_counts = dict(zip(special.tolist(), map(tuple, nonfinite[special].tolist())))
+    firsts = values[:, 0, :, 0].reshape(-1).tolist()
+    return _ScaledSums(view.group_size, 1 << -encoding.lowest_exponent, _digits_to_ints(sums),
+                       _digits_to_ints(squares), firsts, special_counts, view.stats_shape)
 
 
 def _decimal_sums(strings, norm):
@@ -256,7 +324,7 @@ def _decimal_sums(strings, norm):
     scale = math.lcm(*(value.denominator for value in values))
     scaled = [value.numerator * (scale // value.denominator) for value in values]
     return _ScaledSums(len(scaled), scale, [sum(scaled)], [sum(v * v for v in scaled)],
-                       [scaled[0]], [(0, 0, 0)], ())
+                       [values[0]], {}, ())
 
 
 def _exact_value(integer):
@@ -269,8 +337,9 @@ def _exact_value(integer):
 
 
 def _rounded_ratio(numerator, denominator, bits):
-    """numerator/denominator (ints, denominator > 0) correctly rounded to nearest at ``bits``."""
-    return mpmath.mpf(libmp.mpf_div(_exact_value(numerator), _exact_value(denominator), bits, "n"))
+    """numerator/denominator correctly rounded to nearest at ``bits``: an int over a positive
+    denominator given as its exact value (``_exact_value``: groups share their denominators)."""
+    return mpmath.mpf(libmp.mpf_div(_exact_value(numerator), denominator, bits, "n"))
 
 
 def _nonfinite_mean(nan_count, positive_infinities, negative_infinities):
@@ -322,7 +391,7 @@ def exact_sums(x, norm=None, *, groups=None, layout="NCHW"):
     sums = _scaled_sums(x, norm, groups, layout)
     sum_x, sum_x2 = [], []
     for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-        nan_count, positive, negative = sums.nonfinite[group]
+        nan_count, positive, negative = sums.nonfinite.get(group, (0, 0, 0))
         special = _nonfinite_mean(nan_count, positive, negative)
         if special is None:
             sum_x.append(Fraction(scaled_sum, sums.scale))
@@ -348,15 +417,14 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", ddof=0, bits=256):
     _check_ddof(ddof)
     sums = _scaled_sums(x, norm, groups, layout)
     count, scale = sums.count, sums.scale
-    mean_denominator = count * scale
-    variance_denominator = count * (count - ddof) * scale * scale
+    mean_denominator = _exact_value(count * scale)
+    variance_denominator = _exact_value(count * (count - ddof) * scale * scale)
     means, variances = [], []
     with mpmath.workprec(bits):
         nan = mpmath.mpf("nan")
         for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-            special = _nonfinite_mean(*sums.nonfinite[group])
-            if special is not None:
-                means.append(mpmath.mpf(special))
+            if group in sums.nonfinite:
+                means.append(mpmath.mpf(_nonfinite_mean(*sums.nonfinite[group])))
                 variances.append(nan)
                 continue
             means.append(_rounded_ratio(scaled_sum, mean_denominator, bits))
@@ -376,7 +444,7 @@ def _condition_numbers(sums, shift_by_first):
     result = np.empty(len(sums.sums), np.float64)
     with mpmath.workprec(CONDITION_BITS):
         for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-            if _nonfinite_mean(*sums.nonfinite[group]) is not None:
+            if group in sums.nonfinite:
                 result[group] = math.nan
                 continue
             scaled_n_times_s = count * scaled_square - scaled_sum * scaled_sum
@@ -384,10 +452,11 @@ def _condition_numbers(sums, shift_by_first):
                 result[group] = math.inf
                 continue
             if shift_by_first:
-                shift = sums.firsts[group]
+                shift = sums.scaled_first(group)
                 # Σ(x − d)² = Σx² − 2dΣx + n·d², all scaled by scale²
                 scaled_square = scaled_square - 2 * shift * scaled_sum + count * shift * shift
-            ratio = _rounded_ratio(count * scaled_square, scaled_n_times_s, CONDITION_BITS)
+            ratio = _rounded_ratio(count * scaled_square, _exact_value(scaled_n_times_s),
+                                   CONDITION_BITS)
             result[group] = float(mpmath.sqrt(ratio))
     return result.reshape(sums.stats_shape)
 
