@@ -40,9 +40,11 @@ MINIMUM_BITS = 200
 
 DIGIT_BITS = 32
 #: elements of one group between folds of its accumulators into its digits. Per element a binary32
-#: bucket slot gains less than 2**24, so a slot stays below 2**48; a binary64 digit gains less than
-#: 7 * 2**32 < 2**35 (squares make 7 deposits), so a digit stays below 2**59: int64 never overflows.
-FLUSH_INTERVAL = 1 << 24
+#: bucket gains at most (2**24 − 1)² in its square slot, so after 2**15 elements the slot holds at
+#: most 2**63 − 2**40 + 2**15 < 2**63 (its sum slot: below 2**39); a binary64 digit gains less
+#: than 9 * 2**32 < 2**36 per element (9 pieces, each adding below 2**32 to a digit), so it stays
+#: below 2**51. int64 never overflows.
+FLUSH_INTERVAL = 1 << 15
 
 #: binary32 biased exponents that hold finite values (255 is Inf and NaN): one bucket each
 BINARY32_EXPONENTS = 255
@@ -54,10 +56,9 @@ CONDITION_BITS = 64
 # ---- compiled kernels: exact integer accumulation -----------------------------------------------
 #
 # binary32 (the fast path): the significands m < 2**24 that share a biased exponent share one
-# bucket of three int64 slots, Σ±m, Σ(m² mod 2**24) and Σ⌊m²/2**24⌋, so an element costs three
-# integer adds; each slot gains less than 2**24 per element, hence stays below 2**48 for the
-# FLUSH_INTERVAL elements between folds. A fold adds every bucket, shifted by its exponent, into the
-# group's digits and empties it. binary64 (significands of 53 bits, squares of 106) deposits every
+# bucket of two int64 slots, Σ±m and Σm², so an element costs two integer adds; FLUSH_INTERVAL
+# keeps both slots below 2**63 between folds. A fold adds every bucket, shifted by its exponent,
+# into the group's digits and empties it. binary64 (significands of 53 bits, squares of 106) deposits every
 # element straight into the digits.
 
 @njit(cache=True)
@@ -72,9 +73,9 @@ def _add_piece(digits, group, piece, position):
 
 @njit(cache=True)
 def _add(digits, group, value, position):
-    """Add value·2**position (|value| < 2**62, either sign) to the digits of ``group``."""
+    """Add value·2**position (any int64) to the digits of ``group``."""
     _add_piece(digits, group, value & 0xFFFFFFFF, position)
-    _add_piece(digits, group, value >> 32, position + 32)  # |value >> 32| < 2**30
+    _add_piece(digits, group, value >> 32, position + 32)  # in [−2**31, 2**31)
 
 
 @njit(cache=True)
@@ -109,28 +110,24 @@ def _push_binary32(word, slot, group, table, nonfinite):
     significand = fraction | (np.int64(biased != 0) << 23)
     sign = word >> 63  # 0 or −1
     table[slot, biased, 0] += (significand ^ sign) - sign  # ±significand, without a branch
-    square = significand * significand  # < 2**48, exact in int64
-    table[slot, biased, 1] += square & 0xFFFFFF
-    table[slot, biased, 2] += square >> 24
+    table[slot, biased, 1] += significand * significand  # < 2**48, exact in int64
 
 
 @njit(cache=True)
 def _fold_binary32(table, first_group, sums, squares):
     """Add every bucket of the table (row i belongs to group first_group + i) into the digits,
-    empty it, and carry-normalise the digits. Each slot is below 2**48 (FLUSH_INTERVAL); each
-    digit starts below 2**32 and gains less than 2**32 from each of at most 12 * 255 additions."""
+    empty it, and carry-normalise the digits. Each digit starts below 2**32 and gains less than
+    2**32 from each of at most 8 * 255 additions."""
     for slot in range(table.shape[0]):
         group = first_group + slot
         for biased in range(BINARY32_EXPONENTS):
             total = table[slot, biased, 0]
-            low = table[slot, biased, 1]
-            high = table[slot, biased, 2]
-            if total | low | high:
+            square = table[slot, biased, 1]
+            if square:  # 0 only if every element here was ±0 (then the sum is 0 too)
                 position = max(biased - 1, 0)  # subnormals share the smallest normals' exponent
                 _add(sums, group, total, position)
-                _add(squares, group, low, 2 * position)
-                _add(squares, group, high, 2 * position + 24)
-                table[slot, biased, 0] = table[slot, biased, 1] = table[slot, biased, 2] = 0
+                _add(squares, group, square, 2 * position)
+                table[slot, biased, 0] = table[slot, biased, 1] = 0
         _normalize(sums, group)
         _normalize(squares, group)
 
@@ -216,10 +213,15 @@ def _accumulate(words, table, sums, squares, nonfinite):
                 if since_fold + (stop - start) > FLUSH_INTERVAL:
                     _fold(words, table, first_group, kept_inner, sums, squares)
                     since_fold = 0
-                for inner in range(kept_inner):
-                    for column in range(start, stop):
-                        _push(words[outer, row, inner, column], inner, first_group + inner, table,
+                if reduced_inner == 1:  # channels last: a loop of one trip per element costs
+                    for inner in range(kept_inner):  # about as much as the element itself
+                        _push(words[outer, row, inner, 0], inner, first_group + inner, table,
                               sums, squares, nonfinite)
+                else:
+                    for inner in range(kept_inner):
+                        for column in range(start, stop):
+                            _push(words[outer, row, inner, column], inner, first_group + inner,
+                                  table, sums, squares, nonfinite)
                 since_fold += stop - start
         _fold(words, table, first_group, kept_inner, sums, squares)
 
@@ -239,7 +241,7 @@ class _Encoding:
 
 _ENCODINGS = {
     # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position; a fold
-    # adds a slot (< 2**48) as two 32-bit pieces, the high one at 2·253 + 24 + 32
+    # adds a slot (< 2**63) as two 32-bit pieces, the high one reaching digit (2·253 + 32) / 32 + 1
     "float32": _Encoding(np.int32, -149, (253 + 24 + 64) // DIGIT_BITS + 2,
                          (2 * 253 + 48 + 64) // DIGIT_BITS + 2, BINARY32_EXPONENTS),
     # binary64: positions 0..2045, significands < 2**53, squares < 2**106
@@ -299,7 +301,7 @@ def _scaled_sums(x, norm, groups, layout):
     sums = np.zeros((group_count, encoding.sum_digits), np.int64)
     squares = np.zeros((group_count, encoding.square_digits), np.int64)
     nonfinite = np.zeros((group_count, 3), np.int64)
-    table = np.zeros((view.kept_inner, encoding.buckets, 3), np.int64)
+    table = np.zeros((view.kept_inner, encoding.buckets, 2), np.int64)
     _accumulate(values.view(encoding.word_dtype), table, sums, squares, nonfinite)
     special = np.flatnonzero(nonfinite.any(axis=1))
     special_counts = dict(zip(special.tolist(), map(tuple, nonfinite[special].tolist())))
@@ -339,7 +341,7 @@ def _exact_value(integer):
 def _rounded_ratio(numerator, denominator, bits):
     """numerator/denominator correctly rounded to nearest at ``bits``: an int over a positive
     denominator given as its exact value (``_exact_value``: groups share their denominators)."""
-    return mpmath.mpf(libmp.mpf_div(_exact_value(numerator), denominator, bits, "n"))
+    return mpmath.make_mpf(libmp.mpf_div(_exact_value(numerator), denominator, bits, "n"))
 
 
 def _nonfinite_mean(nan_count, positive_infinities, negative_infinities):
