@@ -1,21 +1,23 @@
 """The exact reference: the mean and variance of the stored values of every normalization group.
 
 The inputs are binary floats, so each group's mean and variance are rational numbers
-(ARCHITECTURE.md section 4): with Σx and Σx² computed exactly, S = Σx² − (Σx)²/n exactly, and the
-only rounding left is the final division, done by mpmath's ``mpf_div`` on exact operands: correctly
-rounded (to nearest, ties to even) at ``bits`` bits. mpmath precision is scoped with
-``mpmath.workprec`` and never assigned globally (ARCHITECTURE.md trap 6).
+(docs/architecture.md section 4.1): with Σx and Σx² computed exactly, S = Σx² − (Σx)²/n exactly,
+and the only rounding left is the final division, done by mpmath's ``mpf_div`` on exact operands:
+correctly rounded (to nearest, ties to even) at ``bits`` bits. mpmath precision is scoped with
+``mpmath.workprec`` and never assigned globally (docs/architecture.md, trap 6).
 
 How the sums are exact. Every finite binary32 value is ±m·2**(position − 149) with an integer
 significand m < 2**24 and an integer position ≥ 0 (binary64: m < 2**53, 2**(position − 1074)).
-A compiled kernel adds ±m, shifted by its position, into a per-group array of base-2**32 digits held
-in int64 (a superaccumulator; Neal 2015 describes the floating-point variant): each deposit adds
-less than 2**32 to a digit, and a group's digits are carry-normalised every ``FLUSH_INTERVAL`` of
-its elements, long before an int64 could overflow. Squares are exact integers m² placed at
-2·position, split into pieces below 2**31 first (m² of binary64 is 106 bits). The digit rows become
-Python ints at the end, so nothing is ever rounded. float16 and bfloat16 inputs are widened to
-float32 first, which is exact. Decimal strings (the NIST data) are read exactly as rationals and
-summed as integers over their common denominator.
+Each group owns an array of base-2**32 digits held in int64 (a superaccumulator; Neal 2015
+describes the floating-point variant), carry-normalised often enough that no digit can overflow.
+binary32 elements, the fast path, first meet a per-group table of int64 buckets, one per exponent:
+an element adds ±m and m² to its exponent's bucket (two integer adds, no shifts); every
+``FLUSH_INTERVAL`` elements of a group, before a bucket could overflow, the buckets are folded into
+the digits, each shifted by its exponent. binary64 elements are deposited straight into the digits,
+their squares (106 bits) split into pieces below 2**31. The digit rows become Python ints at the
+end, so nothing is ever rounded. float16 and bfloat16 inputs are widened to float32 first, which is
+exact. Decimal strings (the NIST data) are read exactly as rationals and summed as integers over
+their common denominator.
 
 Non-finite input (a documented rule, IEEE semantics of the exact sum): a group holding a NaN, or
 both +Inf and −Inf, has mean NaN; a group whose non-finite values are all +Inf (all −Inf) has mean
@@ -58,8 +60,8 @@ CONDITION_BITS = 64
 # binary32 (the fast path): the significands m < 2**24 that share a biased exponent share one
 # bucket of two int64 slots, Σ±m and Σm², so an element costs two integer adds; FLUSH_INTERVAL
 # keeps both slots below 2**63 between folds. A fold adds every bucket, shifted by its exponent,
-# into the group's digits and empties it. binary64 (significands of 53 bits, squares of 106) deposits every
-# element straight into the digits.
+# into the group's digits and empties it. binary64 (significands of 53 bits, squares of 106)
+# deposits every element straight into the digits.
 
 @njit(cache=True)
 def _add_piece(digits, group, piece, position):
