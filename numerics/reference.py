@@ -10,14 +10,13 @@ How the sums are exact. Every finite binary32 value is ±m·2**(position − 149
 significand m < 2**24 and an integer position ≥ 0 (binary64: m < 2**53, 2**(position − 1074)).
 Each group owns an array of base-2**32 digits held in int64 (a superaccumulator; Neal 2015
 describes the floating-point variant), carry-normalised often enough that no digit can overflow.
-binary32 elements, the fast path, first meet a per-group table of int64 buckets, one per exponent:
-an element adds ±m and m² to its exponent's bucket (two integer adds, no shifts); every
-``FLUSH_INTERVAL`` elements of a group, before a bucket could overflow, the buckets are folded into
-the digits, each shifted by its exponent. binary64 elements are deposited straight into the digits,
-their squares (106 bits) split into pieces below 2**31. The digit rows become Python ints at the
-end, so nothing is ever rounded. float16 and bfloat16 inputs are widened to float32 first, which is
-exact. Decimal strings (the NIST data) are read exactly as rationals and summed as integers over
-their common denominator.
+Elements first meet a per-group table of int64 buckets, one per biased exponent: an element adds
+±m and m² (binary64: pieces of them, m² being 106 bits) to its exponent's bucket, a few integer
+adds and no shifts. Every ``FLUSH_INTERVAL`` elements of a group, before a bucket could overflow,
+the buckets are folded into the digits, each shifted by its exponent. The digit rows become Python
+ints at the end, so nothing is ever rounded. float16 and bfloat16 inputs are widened to float32
+first, which is exact. Decimal strings (the NIST data) are read exactly as rationals and summed as
+integers over their common denominator.
 
 Non-finite input (a documented rule, IEEE semantics of the exact sum): a group holding a NaN, or
 both +Inf and −Inf, has mean NaN; a group whose non-finite values are all +Inf (all −Inf) has mean
@@ -41,15 +40,11 @@ from . import normalization, precision, statistics, subsets
 MINIMUM_BITS = 200
 
 DIGIT_BITS = 32
-#: elements of one group between folds of its accumulators into its digits. Per element a binary32
+#: elements of one group between folds of its buckets into its digits. Per element a binary32
 #: bucket gains at most (2**24 − 1)² in its square slot, so after 2**15 elements the slot holds at
-#: most 2**63 − 2**40 + 2**15 < 2**63 (its sum slot: below 2**39); a binary64 digit gains less
-#: than 9 * 2**32 < 2**36 per element (9 pieces, each adding below 2**32 to a digit), so it stays
-#: below 2**51. int64 never overflows.
+#: most 2**63 − 2**40 + 2**15 < 2**63 (its sum slot: below 2**39); a binary64 slot gains less
+#: than 2**37 per element, so it stays below 2**52. int64 never overflows.
 FLUSH_INTERVAL = 1 << 15
-
-#: binary32 biased exponents that hold finite values (255 is Inf and NaN): one bucket each
-BINARY32_EXPONENTS = 255
 
 #: precision of the working values behind the float64 condition numbers (a few bits past float64)
 CONDITION_BITS = 64
@@ -57,11 +52,11 @@ CONDITION_BITS = 64
 
 # ---- compiled kernels: exact integer accumulation -----------------------------------------------
 #
-# binary32 (the fast path): the significands m < 2**24 that share a biased exponent share one
-# bucket of two int64 slots, Σ±m and Σm², so an element costs two integer adds; FLUSH_INTERVAL
-# keeps both slots below 2**63 between folds. A fold adds every bucket, shifted by its exponent,
-# into the group's digits and empties it. binary64 (significands of 53 bits, squares of 106)
-# deposits every element straight into the digits.
+# Each element adds its significand m and pieces of m² to the bucket of its biased exponent in the
+# table row of its group: a few integer adds, no shifts by the exponent. A bucket's slots are
+# "sum" slots (Σ±pieces of m, each worth 2**offset at the bucket's position) and "square" slots
+# (Σ pieces of m², each worth 2**offset at twice the position). A fold adds every slot, shifted,
+# into the group's base-2**32 digits, empties it and carry-normalises the digits.
 
 @njit(cache=True)
 def _add_piece(digits, group, piece, position):
@@ -101,8 +96,8 @@ def _count_nonfinite(nonfinite, group, fraction, negative):
 
 @njit(cache=True)
 def _push_binary32(word, slot, group, table, nonfinite):
-    """One float32 (its bits as a signed integer), x = ±m·2**(position − 149), into the bucket
-    of its biased exponent in row ``slot`` of the table."""
+    """One float32 (its bits as a signed integer), x = ±m·2**(position − 149): slot 0 gains ±m,
+    slot 1 gains m² (< 2**48)."""
     word = np.int64(word)  # sign-extended: bit 63 is the sign bit
     biased = (word >> 23) & 0xFF
     fraction = word & 0x7FFFFF
@@ -112,96 +107,76 @@ def _push_binary32(word, slot, group, table, nonfinite):
     significand = fraction | (np.int64(biased != 0) << 23)
     sign = word >> 63  # 0 or −1
     table[slot, biased, 0] += (significand ^ sign) - sign  # ±significand, without a branch
-    table[slot, biased, 1] += significand * significand  # < 2**48, exact in int64
+    table[slot, biased, 1] += significand * significand
 
 
 @njit(cache=True)
-def _fold_binary32(table, first_group, sums, squares):
+def _push_binary64(word, slot, group, table, nonfinite):
+    """One float64 (its bits as a signed integer), x = ±m·2**(position − 1074). m = h·2**26 + l
+    goes to the sum slots 0 (±l) and 1 (±h); m = a·2**36 + b·2**18 + c (b, c < 2**18, a < 2**17)
+    gives m² as five convolution terms, each below 2**37, at 18-bit steps in slots 2..6."""
+    biased = (word >> 52) & 0x7FF
+    fraction = word & 0xFFFFFFFFFFFFF
+    if biased == 0x7FF:
+        _count_nonfinite(nonfinite, group, fraction, word < 0)
+        return
+    significand = fraction | (np.int64(biased != 0) << 52)
+    sign = word >> 63  # 0 or −1
+    low = significand & 0x3FFFFFF
+    high = significand >> 26
+    table[slot, biased, 0] += (low ^ sign) - sign
+    table[slot, biased, 1] += (high ^ sign) - sign
+    piece_a = significand >> 36
+    piece_b = (significand >> 18) & 0x3FFFF
+    piece_c = significand & 0x3FFFF
+    table[slot, biased, 2] += piece_c * piece_c
+    table[slot, biased, 3] += 2 * piece_b * piece_c
+    table[slot, biased, 4] += 2 * piece_a * piece_c + piece_b * piece_b
+    table[slot, biased, 5] += 2 * piece_a * piece_b
+    table[slot, biased, 6] += piece_a * piece_a
+
+
+def _push(word, slot, group, table, nonfinite):
+    """Add one element (its bits) to its bucket; compiled only, by the format: _push_for_width."""
+    raise NotImplementedError("_push runs inside compiled kernels only")
+
+
+@overload(_push)
+def _push_for_width(word, slot, group, table, nonfinite):
+    if word.bitwidth == 32:
+        return lambda word, slot, group, table, nonfinite: _push_binary32(
+            word, slot, group, table, nonfinite)
+    return lambda word, slot, group, table, nonfinite: _push_binary64(
+        word, slot, group, table, nonfinite)
+
+
+@njit(cache=True)
+def _fold(table, first_group, sums, squares, sum_offsets, square_offsets):
     """Add every bucket of the table (row i belongs to group first_group + i) into the digits,
-    empty it, and carry-normalise the digits. Each digit starts below 2**32 and gains less than
-    2**32 from each of at most 8 * 255 additions."""
+    empty it, and carry-normalise the digits. A bucket's slots are its sum slots (offsets
+    ``sum_offsets`` from its position) and then its square slots (``square_offsets`` from twice
+    its position). Each digit starts below 2**32 and gains less than 2**32 from each of fewer
+    than 2**16 additions (2047 buckets · 7 slots · 2 pieces · 2 digits): below 2**49."""
+    sum_slots = sum_offsets.size
     for slot in range(table.shape[0]):
         group = first_group + slot
-        for biased in range(BINARY32_EXPONENTS):
-            total = table[slot, biased, 0]
-            square = table[slot, biased, 1]
-            if square:  # 0 only if every element here was ±0 (then the sum is 0 too)
-                position = max(biased - 1, 0)  # subnormals share the smallest normals' exponent
-                _add(sums, group, total, position)
-                _add(squares, group, square, 2 * position)
-                table[slot, biased, 0] = table[slot, biased, 1] = 0
+        for biased in range(table.shape[1]):
+            position = max(biased - 1, 0)  # subnormals share the smallest normals' exponent
+            for piece in range(table.shape[2]):
+                value = table[slot, biased, piece]
+                if value == 0:
+                    continue
+                if piece < sum_slots:
+                    _add(sums, group, value, position + sum_offsets[piece])
+                else:
+                    _add(squares, group, value, 2 * position + square_offsets[piece - sum_slots])
+                table[slot, biased, piece] = 0
         _normalize(sums, group)
         _normalize(squares, group)
 
 
 @njit(cache=True)
-def _push_binary64(word, group, sums, squares, nonfinite):
-    """One float64 (its bits as a signed integer): x = ±significand·2**(position − 1074)."""
-    biased = (word >> 52) & 0x7FF
-    fraction = word & 0xFFFFFFFFFFFFF
-    negative = word < 0
-    if biased == 0x7FF:
-        _count_nonfinite(nonfinite, group, fraction, negative)
-        return
-    normal = np.int64(biased != 0)  # subnormals share the exponent of the smallest normals
-    significand = fraction | (normal << 52)
-    position = biased - normal
-    sign = word >> 63  # 0 or −1
-    low = significand & 0x7FFFFFF
-    high = significand >> 27
-    _add_piece(sums, group, (low ^ sign) - sign, position)
-    _add_piece(sums, group, (high ^ sign) - sign, position + 27)
-    # m² is 106 bits: split m into four 14-bit pieces c0..c3 (c3 < 2**11); the convolution terms
-    # sum(c_i c_j, i + j = k) stay below 2**30 and sit at 14k bits
-    piece0 = significand & 0x3FFF
-    piece1 = (significand >> 14) & 0x3FFF
-    piece2 = (significand >> 28) & 0x3FFF
-    piece3 = significand >> 42
-    base = 2 * position
-    _add_piece(squares, group, piece0 * piece0, base)
-    _add_piece(squares, group, 2 * piece0 * piece1, base + 14)
-    _add_piece(squares, group, 2 * piece0 * piece2 + piece1 * piece1, base + 28)
-    _add_piece(squares, group, 2 * (piece0 * piece3 + piece1 * piece2), base + 42)
-    _add_piece(squares, group, 2 * piece1 * piece3 + piece2 * piece2, base + 56)
-    _add_piece(squares, group, 2 * piece2 * piece3, base + 70)
-    _add_piece(squares, group, piece3 * piece3, base + 84)
-
-
-def _push(word, slot, group, table, sums, squares, nonfinite):
-    """Add one element (its bits) to its group; compiled only, by the format: _push_for_width."""
-    raise NotImplementedError("_push runs inside compiled kernels only")
-
-
-@overload(_push)
-def _push_for_width(word, slot, group, table, sums, squares, nonfinite):
-    if word.bitwidth == 32:
-        return lambda word, slot, group, table, sums, squares, nonfinite: _push_binary32(
-            word, slot, group, table, nonfinite)
-    return lambda word, slot, group, table, sums, squares, nonfinite: _push_binary64(
-        word, group, sums, squares, nonfinite)
-
-
-def _fold(words, table, first_group, group_count, sums, squares):
-    """Bring groups first_group.. (group_count of them) into normalised digits; compiled only."""
-    raise NotImplementedError("_fold runs inside compiled kernels only")
-
-
-@overload(_fold)
-def _fold_for_width(words, table, first_group, group_count, sums, squares):
-    if words.dtype.bitwidth == 32:
-        return lambda words, table, first_group, group_count, sums, squares: _fold_binary32(
-            table, first_group, sums, squares)
-
-    def normalize_groups(words, table, first_group, group_count, sums, squares):
-        for group in range(first_group, first_group + group_count):
-            _normalize(sums, group)
-            _normalize(squares, group)
-
-    return normalize_groups
-
-
-@njit(cache=True)
-def _accumulate(words, table, sums, squares, nonfinite):
+def _accumulate(words, table, sums, squares, nonfinite, sum_offsets, square_offsets):
     """Add every element of a canonical (kept_outer, reduced_outer, kept_inner, reduced_inner)
     view of float bits, in memory order, to its group; the groups of one kept_outer index share
     the table (one row each) and are folded at least every FLUSH_INTERVAL of their elements."""
@@ -213,42 +188,50 @@ def _accumulate(words, table, sums, squares, nonfinite):
             for start in range(0, reduced_inner, FLUSH_INTERVAL):
                 stop = min(start + FLUSH_INTERVAL, reduced_inner)
                 if since_fold + (stop - start) > FLUSH_INTERVAL:
-                    _fold(words, table, first_group, kept_inner, sums, squares)
+                    _fold(table, first_group, sums, squares, sum_offsets, square_offsets)
                     since_fold = 0
                 if reduced_inner == 1:  # channels last: a loop of one trip per element costs
                     for inner in range(kept_inner):  # about as much as the element itself
                         _push(words[outer, row, inner, 0], inner, first_group + inner, table,
-                              sums, squares, nonfinite)
+                              nonfinite)
                 else:
                     for inner in range(kept_inner):
                         for column in range(start, stop):
                             _push(words[outer, row, inner, column], inner, first_group + inner,
-                                  table, sums, squares, nonfinite)
+                                  table, nonfinite)
                 since_fold += stop - start
-        _fold(words, table, first_group, kept_inner, sums, squares)
+        _fold(table, first_group, sums, squares, sum_offsets, square_offsets)
 
 
 @dataclass(frozen=True)
 class _Encoding:
     """How one binary format is accumulated: its bits as which integer type, the exponent of
     position 0, how many base-2**32 digits hold Σx and Σx² (the highest position a deposit
-    reaches, plus 64 bits of headroom for the count, plus the signed top digit), and the buckets
-    per group of its table (0: it deposits straight into the digits)."""
+    reaches, plus 64 bits of headroom for the count, plus the signed top digit), its biased
+    exponents that hold finite values (one bucket each) and the offsets of its bucket slots."""
     word_dtype: type
     lowest_exponent: int
     sum_digits: int
     square_digits: int
-    buckets: int
+    exponents: int
+    sum_offsets: tuple
+    square_offsets: tuple
+
+    def new_table(self, rows):
+        return np.zeros((rows, self.exponents, len(self.sum_offsets) + len(self.square_offsets)),
+                        np.int64)
 
 
 _ENCODINGS = {
     # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position; a fold
     # adds a slot (< 2**63) as two 32-bit pieces, the high one reaching digit (2·253 + 32) / 32 + 1
     "float32": _Encoding(np.int32, -149, (253 + 24 + 64) // DIGIT_BITS + 2,
-                         (2 * 253 + 48 + 64) // DIGIT_BITS + 2, BINARY32_EXPONENTS),
-    # binary64: positions 0..2045, significands < 2**53, squares < 2**106
+                         (2 * 253 + 48 + 64) // DIGIT_BITS + 2, 255, (0,), (0,)),
+    # binary64: positions 0..2045, significands < 2**53, squares < 2**106; the highest piece of a
+    # fold reaches digit (2·2045 + 72 + 32) / 32 + 1
     "float64": _Encoding(np.int64, -1074, (2045 + 53 + 64) // DIGIT_BITS + 2,
-                         (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, 0),
+                         (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, 2047, (0, 26),
+                         (0, 18, 36, 54, 72)),
 }
 
 
@@ -303,8 +286,9 @@ def _scaled_sums(x, norm, groups, layout):
     sums = np.zeros((group_count, encoding.sum_digits), np.int64)
     squares = np.zeros((group_count, encoding.square_digits), np.int64)
     nonfinite = np.zeros((group_count, 3), np.int64)
-    table = np.zeros((view.kept_inner, encoding.buckets, 2), np.int64)
-    _accumulate(values.view(encoding.word_dtype), table, sums, squares, nonfinite)
+    _accumulate(values.view(encoding.word_dtype), encoding.new_table(view.kept_inner), sums,
+                squares, nonfinite, np.array(encoding.sum_offsets, np.int64),
+                np.array(encoding.square_offsets, np.int64))
     special = np.flatnonzero(nonfinite.any(axis=1))
     special_counts = dict(zip(special.tolist(), map(tuple, nonfinite[special].tolist())))
     firsts = values[:, 0, :, 0].reshape(-1).tolist()

@@ -1,7 +1,8 @@
-"""The binary32 fast path of numerics.reference (per-exponent buckets folded into the digits every
-FLUSH_INTERVAL elements of a group) against exact sums computed here with Python integers: fold
-boundaries at the worst-case bucket load, the extreme exponents, exact cancellation, NaN and Inf
-in long groups, and every layer and layout with groups longer than the fold interval."""
+"""The bucket accumulation of numerics.reference (per-exponent int64 buckets folded into the digits
+every FLUSH_INTERVAL elements of a group) against exact sums computed here with Python integers:
+fold boundaries at the worst-case bucket load, the extreme exponents, exact cancellation, NaN and
+Inf in long groups, and every layer and layout with groups longer than the fold interval, for
+binary32 (the fast path, which float16 and bfloat16 widen to) and binary64."""
 import math
 from fractions import Fraction
 
@@ -12,21 +13,27 @@ from mpmath import libmp
 
 from numerics import reference
 
-#: every finite float32 is an integer multiple of 2**-149
-SCALE = 2 ** 149
+#: every finite float32 (float64) is an integer multiple of 2**-149 (2**-1074)
+SCALES = {np.float32: 2 ** 149, np.float64: 2 ** 1074}
+WORDS = {np.float32: np.uint32, np.float64: np.uint64}
 LARGEST = np.float32(np.finfo(np.float32).max)  # significand 2**24 - 1 at the top exponent
-SMALLEST_SUBNORMAL = np.float32(2.0 ** -149)
 LARGEST_SUBNORMAL = np.uint32(0x007FFFFF).view(np.float32)
 SMALLEST_NORMAL_FULL = np.uint32(0x00FFFFFF).view(np.float32)  # significand 2**24 - 1, exponent 1
+#: binary64: the largest finite value, the largest subnormal, the smallest normal with a full
+#: significand, and 2**53 - 1 (every piece of the significand at its maximum)
+FLOAT64_FULL = (np.finfo(np.float64).max, np.uint64(0x000FFFFFFFFFFFFF).view(np.float64),
+                np.uint64(0x001FFFFFFFFFFFFF).view(np.float64), np.float64(2 ** 53 - 1))
 
 
 def exact_sums(values):
-    """(Σx, Σx²) of float32 values as Fractions, through the integers x·2**149."""
+    """(Σx, Σx²) of float32 or float64 values as Fractions, through the integers x·scale."""
+    values = np.asarray(values)
+    scale = SCALES[values.dtype.type]
     scaled = []
-    for value in np.asarray(values, np.float32).reshape(-1).tolist():
+    for value in values.reshape(-1).tolist():
         numerator, denominator = value.as_integer_ratio()
-        scaled.append(numerator * (SCALE // denominator))
-    return Fraction(sum(scaled), SCALE), Fraction(sum(v * v for v in scaled), SCALE * SCALE)
+        scaled.append(numerator * (scale // denominator))
+    return Fraction(sum(scaled), scale), Fraction(sum(v * v for v in scaled), scale * scale)
 
 
 def rounded(fraction, bits=256):
@@ -66,32 +73,47 @@ def assert_exact(values, norm=None, groups=None, layout="NCHW", ddof=0):
 
 
 @pytest.mark.parametrize("value", [LARGEST, -LARGEST, SMALLEST_NORMAL_FULL, LARGEST_SUBNORMAL,
-                                   np.float32(1 - 2.0 ** -24)])
+                                   np.float32(1 - 2.0 ** -24), *FLOAT64_FULL, -FLOAT64_FULL[0]])
 @pytest.mark.parametrize("extra", [-1, 0, 1, reference.FLUSH_INTERVAL + 1])
 def test_the_fullest_bucket_folds_in_time(value, extra):
-    """FLUSH_INTERVAL + extra copies of a value with the largest significand: its square slot
-    reaches (2**24 - 1)²·FLUSH_INTERVAL, just below 2**63; one more element before a fold would
-    overflow it. Folds within one row (1-D), between rows (NCHW batch, rows of 7 elements) and
-    across channels (NHWC batch)."""
+    """FLUSH_INTERVAL + extra copies of a value with the largest significand: a binary32 square
+    slot reaches (2**24 - 1)²·FLUSH_INTERVAL, just below 2**63, and one more element before a
+    fold would overflow it. Folds within one row (1-D), between rows (NCHW batch, rows of 7
+    elements) and across channels (NHWC batch)."""
     count = reference.FLUSH_INTERVAL + extra
-    assert_exact(np.full(count, value, np.float32))
     rows = -(-count // 7)
-    assert_exact(np.full((rows, 2, 7), value, np.float32), "batch")
-    assert_exact(np.full((count, 1, 3), value, np.float32), "batch", layout="NHWC")
+    exact = Fraction(float(value))
+    for values, norm, layout in ((np.full(count, value), None, "NCHW"),
+                                 (np.full((rows, 2, 7), value), "batch", "NCHW"),
+                                 (np.full((count, 1, 3), value), "batch", "NHWC")):
+        sums = reference.exact_sums(values, norm, layout=layout)
+        mean, var = reference.moments(values, norm, layout=layout)
+        assert (sums.sum_x == sums.count * exact).all()
+        assert (sums.sum_x2 == sums.count * exact * exact).all()
+        assert (mean == float(value)).all() and (var == 0).all()
 
 
-def test_extreme_exponents_in_long_groups():
-    """Every binade's extremes (subnormals, the smallest normals, the largest finite values) with
-    random signs in groups longer than the fold interval, with ddof 0 and 1."""
+def extreme_values(dtype):
+    """The largest finite value and its half, the smallest and the largest subnormal, the
+    smallest normal with a full significand, the smallest normal, 1, 3 and 0."""
+    info, word = np.finfo(dtype), WORDS[dtype]
+    full = (1 << info.nmant) - 1  # the fraction field all ones
+    return np.array([info.max, info.max / 2, info.smallest_subnormal,
+                     np.array(full, word).view(dtype), np.array(2 * full + 1, word).view(dtype),
+                     info.tiny, 1.0, 3.0, 0.0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_exponents_in_long_groups(dtype):
+    """The extremes of every binade that matters, with random signs, in groups longer than the
+    fold interval, with ddof 1."""
     rng = np.random.default_rng(7)
-    extremes = np.array([LARGEST, LARGEST / 2, SMALLEST_SUBNORMAL, LARGEST_SUBNORMAL,
-                         SMALLEST_NORMAL_FULL, np.finfo(np.float32).tiny, 1.0, 3.0, 0.0],
-                        np.float32)
+    extremes = extreme_values(dtype)
     count = 3 * reference.FLUSH_INTERVAL + 5
     values = extremes[rng.integers(0, extremes.size, count)]
-    values *= rng.choice(np.array([-1, 1], np.float32), count)
+    values *= rng.choice(np.array([-1, 1], dtype), count)
     assert_exact(values, ddof=1)
-    assert_exact(values[:count - count % 4].reshape(-1, 2, 2), "batch", layout="NHWC")
+    assert_exact(values[:count - count % 4].reshape(-1, 2, 2), "batch", layout="NHWC", ddof=1)
 
 
 def test_exact_cancellation():
@@ -112,12 +134,13 @@ def test_exact_cancellation():
     assert reference.exact_sums(paired, "layer", layout="NHWC").sum_x[0] == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_nan_and_inf_in_long_groups(layout):
+def test_nan_and_inf_in_long_groups(layout, dtype):
     """The non-finite rule holds for groups longer than the fold interval, whichever side of a
     fold the NaN or Inf falls on; the finite group next to them stays exact."""
     rows = reference.FLUSH_INTERVAL + 3
-    values = np.random.default_rng(5).standard_normal((rows, 5, 1), dtype=np.float32)
+    values = np.random.default_rng(5).standard_normal((rows, 5, 1)).astype(dtype)
     values[rows - 1, 0, 0] = np.nan                                   # channel 0: NaN last
     values[0, 1, 0] = np.inf                                          # channel 1: +inf first
     values[reference.FLUSH_INTERVAL, 2, 0], values[7, 2, 0] = np.inf, -np.inf  # both
@@ -135,20 +158,24 @@ def test_nan_and_inf_in_long_groups(layout):
     assert var[4] == rounded((sum_x2 - sum_x * sum_x / rows) / rows)
 
 
-def finite_bit_patterns(rng, shape):
-    """float32 values from random finite bit patterns: every binade, subnormals and both signs."""
-    words = rng.integers(0, 0x7F800000, size=shape, dtype=np.uint32)
-    words |= rng.integers(0, 2, size=shape, dtype=np.uint32) << 31
-    return words.view(np.float32)
+def finite_bit_patterns(rng, shape, dtype):
+    """Values from random finite bit patterns: every binade, subnormals and both signs."""
+    word = WORDS[dtype]
+    bits = 8 * np.dtype(word).itemsize
+    infinity = int(np.array(np.inf, dtype).view(word))
+    words = rng.integers(0, infinity, size=shape, dtype=word)
+    words |= rng.integers(0, 2, size=shape, dtype=word) << word(bits - 1)
+    return words.view(dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("norm, groups", [("batch", None), ("layer", None), ("instance", None),
                                           ("group", 2)])
-def test_every_layer_and_layout_with_long_groups(norm, groups, layout):
+def test_every_layer_and_layout_with_long_groups(norm, groups, layout, dtype):
     """(2, 4, 185, 180) and its channels-last twin: every group of every layer holds more than
     FLUSH_INTERVAL elements (an instance 33300), so every one is folded mid-group."""
     assert 185 * 180 > reference.FLUSH_INTERVAL
     shape = (2, 4, 185, 180) if layout == "NCHW" else (2, 185, 180, 4)
-    values = finite_bit_patterns(np.random.default_rng(3), shape)
+    values = finite_bit_patterns(np.random.default_rng(3), shape, dtype)
     assert_exact(values, norm, groups=groups, layout=layout, ddof=1)
