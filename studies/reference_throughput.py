@@ -3,10 +3,10 @@
 A script, not a test: ``python -m studies.reference_throughput`` (from the repository root, so that
 it imports this checkout's numerics) prints the figures; benchmarks reuse ``measure``. The
 reference is single-threaded (one compiled loop plus per-group Python), so the figure is a one-core
-figure; the target is 100 M float32 elements/s for the whole call. float32 takes the fast path
-(per-exponent buckets, docs/architecture.md section 4), float16 and bfloat16 widen to it, float64
-deposits every element into the digits. The first call compiles (or loads) the kernels and is not
-timed.
+figure; the target is 100 M float32 elements/s for the whole call. Elements go to per-exponent
+integer buckets (numerics/reference.py): a float32 element costs two integer adds, a float64
+element seven; float16 and bfloat16 are widened to float32 first. The first call compiles (or
+loads) the kernels and is not timed.
 """
 import statistics
 import time
