@@ -224,17 +224,19 @@ class _Encoding:
     square_offsets: tuple
 
     def new_table(self, rows):
+        """Empty buckets for ``rows`` groups."""
         return np.zeros((rows, self.exponents, len(self.sum_offsets) + len(self.square_offsets)),
                         np.int64)
 
 
 _ENCODINGS = {
     # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position; a fold
-    # adds a slot (< 2**63) as two 32-bit pieces, the high one reaching digit (2·253 + 32) / 32 + 1
+    # adds a slot (< 2**63) as two 32-bit pieces: the highest touches digit ⌊(2·253 + 32)/32⌋ + 1
+    # = 17 of squares' 21 (sums: ⌊(253 + 32)/32⌋ + 1 = 9 of 12)
     "float32": _Encoding(np.int32, -149, (253 + 24 + 64) // DIGIT_BITS + 2,
                          (2 * 253 + 48 + 64) // DIGIT_BITS + 2, 255, (0,), (0,)),
     # binary64: positions 0..2045, significands < 2**53, squares < 2**106; the highest piece of a
-    # fold reaches digit (2·2045 + 72 + 32) / 32 + 1
+    # fold touches digit ⌊(2·2045 + 72 + 32)/32⌋ + 1 = 132 of squares' 135 (sums: 66 of 69)
     "float64": _Encoding(np.int64, -1074, (2045 + 53 + 64) // DIGIT_BITS + 2,
                          (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, 2047, (0, 26),
                          (0, 18, 36, 54, 72)),
