@@ -264,7 +264,7 @@ class _ScaledSums:
     scale: int
     sums: list
     squares: list
-    firsts: object
+    firsts: list
     nonfinite: dict
     stats_shape: tuple
 
