@@ -1,21 +1,22 @@
 """The exact reference: the mean and variance of the stored values of every normalization group.
 
 The inputs are binary floats, so each group's mean and variance are rational numbers
-(ARCHITECTURE.md section 4): with Σx and Σx² computed exactly, S = Σx² − (Σx)²/n exactly, and the
-only rounding left is the final division, done by mpmath's ``mpf_div`` on exact operands: correctly
-rounded (to nearest, ties to even) at ``bits`` bits. mpmath precision is scoped with
-``mpmath.workprec`` and never assigned globally (ARCHITECTURE.md trap 6).
+(docs/architecture.md section 4.1): with Σx and Σx² computed exactly, S = Σx² − (Σx)²/n exactly,
+and the only rounding left is the final division, done by mpmath's ``mpf_div`` on exact operands:
+correctly rounded (to nearest, ties to even) at ``bits`` bits. mpmath precision is scoped with
+``mpmath.workprec`` and never assigned globally (docs/architecture.md, trap 6).
 
 How the sums are exact. Every finite binary32 value is ±m·2**(position − 149) with an integer
 significand m < 2**24 and an integer position ≥ 0 (binary64: m < 2**53, 2**(position − 1074)).
-A compiled kernel adds ±m, shifted by its position, into a per-group array of base-2**32 digits held
-in int64 (a superaccumulator; Neal 2015 describes the floating-point variant): each deposit adds
-less than 2**32 to a digit, and a group's digits are carry-normalised every ``FLUSH_INTERVAL`` of
-its elements, long before an int64 could overflow. Squares are exact integers m² placed at
-2·position, split into pieces below 2**31 first (m² of binary64 is 106 bits). The digit rows become
-Python ints at the end, so nothing is ever rounded. float16 and bfloat16 inputs are widened to
-float32 first, which is exact. Decimal strings (the NIST data) are read exactly as rationals and
-summed as integers over their common denominator.
+Each group owns an array of base-2**32 digits held in int64 (a superaccumulator; Neal 2015
+describes the floating-point variant), carry-normalised often enough that no digit can overflow.
+Elements first meet a per-group table of int64 buckets, one per biased exponent: an element adds
+±m and m² (binary64: pieces of them, m² being 106 bits) to its exponent's bucket, a few integer
+adds and no shifts. Every ``FLUSH_INTERVAL`` elements of a group, before a bucket could overflow,
+the buckets are folded into the digits, each shifted by its exponent. The digit rows become Python
+ints at the end, so nothing is ever rounded. float16 and bfloat16 inputs are widened to float32
+first, which is exact. Decimal strings (the NIST data) are read exactly as rationals and summed as
+integers over their common denominator.
 
 Non-finite input (a documented rule, IEEE semantics of the exact sum): a group holding a NaN, or
 both +Inf and −Inf, has mean NaN; a group whose non-finite values are all +Inf (all −Inf) has mean
@@ -30,6 +31,7 @@ import mpmath
 import numpy as np
 from mpmath import libmp
 from numba import njit
+from numba.extending import overload
 
 from . import normalization, precision, statistics, subsets
 
@@ -38,29 +40,39 @@ from . import normalization, precision, statistics, subsets
 MINIMUM_BITS = 200
 
 DIGIT_BITS = 32
-#: elements of one group between carry normalisations. Per element a digit gains less than
-#: 7 * 2**32 < 2**35 (binary64 squares make 7 deposits), so 2**24 elements stay below 2**59.
-FLUSH_INTERVAL = 1 << 24
+#: elements of one group between folds of its buckets into its digits. Per element a binary32
+#: bucket gains at most (2**24 − 1)² in its square slot, so after 2**15 elements the slot holds at
+#: most 2**63 − 2**40 + 2**15 < 2**63 (its sum slot: below 2**39); a binary64 slot gains less
+#: than 2**37 per element, so it stays below 2**52. int64 never overflows.
+FLUSH_INTERVAL = 1 << 15
 
 #: precision of the working values behind the float64 condition numbers (a few bits past float64)
 CONDITION_BITS = 64
 
 
 # ---- compiled kernels: exact integer accumulation -----------------------------------------------
+#
+# Each element adds its significand m and pieces of m² to the bucket of its biased exponent in the
+# table row of its group: a few integer adds, no shifts by the exponent. A bucket's slots are
+# "sum" slots (Σ±pieces of m, each worth 2**offset at the bucket's position) and "square" slots
+# (Σ pieces of m², each worth 2**offset at twice the position). A fold adds every slot, shifted,
+# into the group's base-2**32 digits, empties it and carry-normalises the digits.
 
 @njit(cache=True)
-def _deposit(digits, group, magnitude, position, negative):
-    """Add ±magnitude·2**position (0 <= magnitude < 2**31) to the base-2**32 digits of ``group``."""
+def _add_piece(digits, group, piece, position):
+    """Add piece·2**position (|piece| < 2**32, either sign) to the base-2**32 digits of
+    ``group``."""
     index = position >> 5
-    shifted = magnitude << (position & 31)  # < 2**62: no int64 overflow
-    low = shifted & 0xFFFFFFFF
-    high = shifted >> 32
-    if negative:
-        digits[group, index] -= low
-        digits[group, index + 1] -= high
-    else:
-        digits[group, index] += low
-        digits[group, index + 1] += high
+    shifted = piece << (position & 31)  # |shifted| < 2**63: no int64 overflow
+    digits[group, index] += shifted & 0xFFFFFFFF  # shifted = high·2**32 + low, 0 <= low < 2**32
+    digits[group, index + 1] += shifted >> 32  # arithmetic shift: floor division, sign kept
+
+
+@njit(cache=True)
+def _add(digits, group, value, position):
+    """Add value·2**position (any int64) to the digits of ``group``."""
+    _add_piece(digits, group, value & 0xFFFFFFFF, position)
+    _add_piece(digits, group, value >> 32, position + 32)  # in [−2**31, 2**31)
 
 
 @njit(cache=True)
@@ -83,101 +95,151 @@ def _count_nonfinite(nonfinite, group, fraction, negative):
 
 
 @njit(cache=True)
-def _push_binary32(word, group, sums, squares, nonfinite):
-    """One float32 (its bits as a signed integer): x = ±significand·2**(position − 149)."""
+def _push_binary32(word, slot, group, table, nonfinite):
+    """One float32 (its bits as a signed integer), x = ±m·2**(position − 149): slot 0 gains ±m,
+    slot 1 gains m² (< 2**48)."""
+    word = np.int64(word)  # sign-extended: bit 63 is the sign bit
     biased = (word >> 23) & 0xFF
     fraction = word & 0x7FFFFF
-    negative = word < 0
     if biased == 0xFF:
-        _count_nonfinite(nonfinite, group, fraction, negative)
+        _count_nonfinite(nonfinite, group, fraction, word < 0)
         return
-    normal = np.int64(biased != 0)  # subnormals share the exponent of the smallest normals
-    significand = fraction | (normal << 23)
-    position = biased - normal
-    _deposit(sums, group, significand, position, negative)
-    square = significand * significand  # < 2**48, exact in int64
-    _deposit(squares, group, square & 0xFFFFFF, 2 * position, False)
-    _deposit(squares, group, square >> 24, 2 * position + 24, False)
+    significand = fraction | (np.int64(biased != 0) << 23)
+    sign = word >> 63  # 0 or −1
+    table[slot, biased, 0] += (significand ^ sign) - sign  # ±significand, without a branch
+    table[slot, biased, 1] += significand * significand
 
 
 @njit(cache=True)
-def _push_binary64(word, group, sums, squares, nonfinite):
-    """One float64 (its bits as a signed integer): x = ±significand·2**(position − 1074)."""
+def _push_binary64(word, slot, group, table, nonfinite):
+    """One float64 (its bits as a signed integer), x = ±m·2**(position − 1074). m = h·2**26 + l
+    goes to the sum slots 0 (±l) and 1 (±h); m = a·2**36 + b·2**18 + c (b, c < 2**18, a < 2**17)
+    gives m² as five convolution terms, each below 2**37, at 18-bit steps in slots 2..6."""
     biased = (word >> 52) & 0x7FF
     fraction = word & 0xFFFFFFFFFFFFF
-    negative = word < 0
     if biased == 0x7FF:
-        _count_nonfinite(nonfinite, group, fraction, negative)
+        _count_nonfinite(nonfinite, group, fraction, word < 0)
         return
-    normal = np.int64(biased != 0)
-    significand = fraction | (normal << 52)
-    position = biased - normal
-    _deposit(sums, group, significand & 0x7FFFFFF, position, negative)
-    _deposit(sums, group, significand >> 27, position + 27, negative)
-    # m² is 106 bits: split m into four 14-bit pieces c0..c3 (c3 < 2**11); the convolution terms
-    # sum(c_i c_j, i + j = k) stay below 2**30 and sit at 14k bits
-    piece0 = significand & 0x3FFF
-    piece1 = (significand >> 14) & 0x3FFF
-    piece2 = (significand >> 28) & 0x3FFF
-    piece3 = significand >> 42
-    base = 2 * position
-    _deposit(squares, group, piece0 * piece0, base, False)
-    _deposit(squares, group, 2 * piece0 * piece1, base + 14, False)
-    _deposit(squares, group, 2 * piece0 * piece2 + piece1 * piece1, base + 28, False)
-    _deposit(squares, group, 2 * (piece0 * piece3 + piece1 * piece2), base + 42, False)
-    _deposit(squares, group, 2 * piece1 * piece3 + piece2 * piece2, base + 56, False)
-    _deposit(squares, group, 2 * piece2 * piece3, base + 70, False)
-    _deposit(squares, group, piece3 * piece3, base + 84, False)
+    significand = fraction | (np.int64(biased != 0) << 52)
+    sign = word >> 63  # 0 or −1
+    low = significand & 0x3FFFFFF
+    high = significand >> 26
+    table[slot, biased, 0] += (low ^ sign) - sign
+    table[slot, biased, 1] += (high ^ sign) - sign
+    piece_a = significand >> 36
+    piece_b = (significand >> 18) & 0x3FFFF
+    piece_c = significand & 0x3FFFF
+    table[slot, biased, 2] += piece_c * piece_c
+    table[slot, biased, 3] += 2 * piece_b * piece_c
+    table[slot, biased, 4] += 2 * piece_a * piece_c + piece_b * piece_b
+    table[slot, biased, 5] += 2 * piece_a * piece_b
+    table[slot, biased, 6] += piece_a * piece_a
 
 
-def _make_accumulator(push):
-    """A kernel that reads a canonical (kept_outer, reduced_outer, kept_inner, reduced_inner) view
-    of float bits in memory order and pushes every element into its group's digits."""
+def _push(word, slot, group, table, nonfinite):
+    """Add one element (its bits) to its bucket; compiled only, by the format: _push_for_width."""
+    raise NotImplementedError("_push runs inside compiled kernels only")
 
-    @njit(cache=True)
-    def accumulate(words, sums, squares, nonfinite):
-        kept_outer, reduced_outer, kept_inner, reduced_inner = words.shape
-        since_flush = np.zeros(kept_outer * kept_inner, np.int64)
-        for outer in range(kept_outer):
-            for row in range(reduced_outer):
-                for inner in range(kept_inner):
-                    group = outer * kept_inner + inner
-                    for start in range(0, reduced_inner, FLUSH_INTERVAL):
-                        stop = min(start + FLUSH_INTERVAL, reduced_inner)
-                        if since_flush[group] + (stop - start) > FLUSH_INTERVAL:
-                            _normalize(sums, group)
-                            _normalize(squares, group)
-                            since_flush[group] = 0
+
+@overload(_push)
+def _push_for_width(word, slot, group, table, nonfinite):
+    if word.bitwidth == 32:
+        return lambda word, slot, group, table, nonfinite: _push_binary32(
+            word, slot, group, table, nonfinite)
+    return lambda word, slot, group, table, nonfinite: _push_binary64(
+        word, slot, group, table, nonfinite)
+
+
+@njit(cache=True)
+def _fold(table, first_group, sums, squares, sum_offsets, square_offsets):
+    """Add every bucket of the table (row i belongs to group first_group + i) into the digits,
+    empty it, and carry-normalise the digits. A bucket's slots are its sum slots (offsets
+    ``sum_offsets`` from its position) and then its square slots (``square_offsets`` from twice
+    its position). Each digit starts below 2**32 and gains less than 2**32 from each of fewer
+    than 2**16 additions (2047 buckets · 7 slots · 2 pieces · 2 digits): below 2**49."""
+    sum_slots = sum_offsets.size
+    for slot in range(table.shape[0]):
+        group = first_group + slot
+        for biased in range(table.shape[1]):
+            occupied = 0  # most buckets are empty: one branch-free pass over the slots finds them
+            for piece in range(table.shape[2]):
+                occupied |= table[slot, biased, piece]
+            if occupied == 0:
+                continue
+            position = max(biased - 1, 0)  # subnormals share the smallest normals' exponent
+            for piece in range(table.shape[2]):
+                value = table[slot, biased, piece]
+                if piece < sum_slots:
+                    _add(sums, group, value, position + sum_offsets[piece])
+                else:
+                    _add(squares, group, value, 2 * position + square_offsets[piece - sum_slots])
+                table[slot, biased, piece] = 0
+        _normalize(sums, group)
+        _normalize(squares, group)
+
+
+@njit(cache=True)
+def _accumulate(words, table, sums, squares, nonfinite, sum_offsets, square_offsets):
+    """Add every element of a canonical (kept_outer, reduced_outer, kept_inner, reduced_inner)
+    view of float bits, in memory order, to its group; the groups of one kept_outer index share
+    the table (one row each) and are folded at least every FLUSH_INTERVAL of their elements."""
+    kept_outer, reduced_outer, kept_inner, reduced_inner = words.shape
+    for outer in range(kept_outer):
+        first_group = outer * kept_inner
+        since_fold = 0  # elements each group of this outer index received since the last fold
+        for row in range(reduced_outer):
+            for start in range(0, reduced_inner, FLUSH_INTERVAL):
+                stop = min(start + FLUSH_INTERVAL, reduced_inner)
+                if since_fold + (stop - start) > FLUSH_INTERVAL:
+                    _fold(table, first_group, sums, squares, sum_offsets, square_offsets)
+                    since_fold = 0
+                # the table row as an unsigned index: numba then drops its negative-index check,
+                # which LLVM failed to hoist from the binary64 loop (2.5 times slower with it)
+                if reduced_inner == 1:  # channels last: a loop of one trip per element costs
+                    for inner in range(kept_inner):  # about as much as the element itself
+                        _push(words[outer, row, inner, 0], np.uint64(inner), first_group + inner,
+                              table, nonfinite)
+                else:
+                    for inner in range(kept_inner):
+                        slot = np.uint64(inner)
                         for column in range(start, stop):
-                            push(np.int64(words[outer, row, inner, column]), group, sums, squares,
-                                 nonfinite)
-                        since_flush[group] += stop - start
-        for group in range(kept_outer * kept_inner):
-            _normalize(sums, group)
-            _normalize(squares, group)
-
-    return accumulate
+                            _push(words[outer, row, inner, column], slot, first_group + inner,
+                                  table, nonfinite)
+                since_fold += stop - start
+        _fold(table, first_group, sums, squares, sum_offsets, square_offsets)
 
 
 @dataclass(frozen=True)
 class _Encoding:
     """How one binary format is accumulated: its bits as which integer type, the exponent of
-    position 0, and how many base-2**32 digits hold Σx and Σx² (the highest position a deposit
-    reaches, plus 64 bits of headroom for the count, plus the signed top digit)."""
+    position 0, how many base-2**32 digits hold Σx and Σx² (the highest position a deposit
+    reaches, plus 64 bits of headroom for the count, plus the signed top digit), its biased
+    exponents that hold finite values (one bucket each) and the offsets of its bucket slots."""
     word_dtype: type
     lowest_exponent: int
     sum_digits: int
     square_digits: int
-    accumulate: object
+    exponents: int
+    sum_offsets: tuple
+    square_offsets: tuple
+
+    def new_table(self, rows):
+        """Empty buckets for ``rows`` groups."""
+        return np.zeros((rows, self.exponents, len(self.sum_offsets) + len(self.square_offsets)),
+                        np.int64)
 
 
 _ENCODINGS = {
-    # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position
+    # binary32: positions 0..253, significands < 2**24, squares < 2**48 at 2·position; a fold
+    # adds a slot (< 2**63) as two 32-bit pieces: the highest touches digit ⌊(2·253 + 32)/32⌋ + 1
+    # = 17 of squares' 21 (sums: ⌊(253 + 32)/32⌋ + 1 = 9 of 12)
     "float32": _Encoding(np.int32, -149, (253 + 24 + 64) // DIGIT_BITS + 2,
-                         (2 * 253 + 48 + 64) // DIGIT_BITS + 2, _make_accumulator(_push_binary32)),
-    # binary64: positions 0..2045, significands < 2**53, squares < 2**106
+                         (2 * 253 + 48 + 64) // DIGIT_BITS + 2, 255, (0,), (0,)),
+    # binary64: positions 0..2045, significands < 2**53, squares < 2**106; the highest piece of a
+    # fold touches digit ⌊(2·2045 + 72 + 32)/32⌋ + 1 = 132 of squares' 135 (sums: 66 of 69)
     "float64": _Encoding(np.int64, -1074, (2045 + 53 + 64) // DIGIT_BITS + 2,
-                         (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, _make_accumulator(_push_binary64)),
+                         (2 * 2045 + 106 + 64) // DIGIT_BITS + 2, 2047, (0, 26),
+                         (0, 18, 36, 54, 72)),
 }
 
 
@@ -196,15 +258,20 @@ def _digits_to_ints(digits):
 @dataclass(frozen=True)
 class _ScaledSums:
     """Σx = sums[g] / scale and Σx² = squares[g] / scale**2 for group g, exactly; ``firsts[g]`` is
-    the group's first element times ``scale``. ``nonfinite[g]`` counts (NaN, +Inf, −Inf) (finite
-    groups: all zero; the sums leave the non-finite values out)."""
+    the group's first element (a float or a Fraction). ``nonfinite`` maps each group that holds NaN
+    or Inf to its counts (NaN, +Inf, −Inf); the sums leave the non-finite values out."""
     count: int
     scale: int
     sums: list
     squares: list
     firsts: list
-    nonfinite: list
+    nonfinite: dict
     stats_shape: tuple
+
+    def scaled_first(self, group):
+        """The group's first element times ``scale`` (an int), 0 for a non-finite one."""
+        first = self.firsts[group]
+        return int(Fraction(first) * self.scale) if math.isfinite(first) else 0
 
 
 def _scaled_sums(x, norm, groups, layout):
@@ -227,17 +294,14 @@ def _scaled_sums(x, norm, groups, layout):
     sums = np.zeros((group_count, encoding.sum_digits), np.int64)
     squares = np.zeros((group_count, encoding.square_digits), np.int64)
     nonfinite = np.zeros((group_count, 3), np.int64)
-    encoding.accumulate(values.view(encoding.word_dtype), sums, squares, nonfinite)
-    scale = 1 << -encoding.lowest_exponent
-    firsts = []
-    for first in values[:, 0, :, 0].reshape(-1).tolist():
-        if math.isfinite(first):
-            numerator, denominator = first.as_integer_ratio()
-            firsts.append(numerator * (scale // denominator))
-        else:
-            firsts.append(0)  # its group is non-finite: no shift is ever taken from it
-    return _ScaledSums(view.group_size, scale, _digits_to_ints(sums), _digits_to_ints(squares),
-                       firsts, [tuple(counts) for counts in nonfinite.tolist()], view.stats_shape)
+    _accumulate(values.view(encoding.word_dtype), encoding.new_table(view.kept_inner), sums,
+                squares, nonfinite, np.array(encoding.sum_offsets, np.int64),
+                np.array(encoding.square_offsets, np.int64))
+    special = np.flatnonzero(nonfinite.any(axis=1))
+    special_counts = dict(zip(special.tolist(), map(tuple, nonfinite[special].tolist())))
+    firsts = values[:, 0, :, 0].reshape(-1).tolist()
+    return _ScaledSums(view.group_size, 1 << -encoding.lowest_exponent, _digits_to_ints(sums),
+                       _digits_to_ints(squares), firsts, special_counts, view.stats_shape)
 
 
 def _decimal_sums(strings, norm):
@@ -256,7 +320,7 @@ def _decimal_sums(strings, norm):
     scale = math.lcm(*(value.denominator for value in values))
     scaled = [value.numerator * (scale // value.denominator) for value in values]
     return _ScaledSums(len(scaled), scale, [sum(scaled)], [sum(v * v for v in scaled)],
-                       [scaled[0]], [(0, 0, 0)], ())
+                       [values[0]], {}, ())
 
 
 def _exact_value(integer):
@@ -269,8 +333,9 @@ def _exact_value(integer):
 
 
 def _rounded_ratio(numerator, denominator, bits):
-    """numerator/denominator (ints, denominator > 0) correctly rounded to nearest at ``bits``."""
-    return mpmath.mpf(libmp.mpf_div(_exact_value(numerator), _exact_value(denominator), bits, "n"))
+    """numerator/denominator correctly rounded to nearest at ``bits``: an int over a positive
+    denominator given as its exact value (``_exact_value``: groups share their denominators)."""
+    return mpmath.make_mpf(libmp.mpf_div(_exact_value(numerator), denominator, bits, "n"))
 
 
 def _nonfinite_mean(nan_count, positive_infinities, negative_infinities):
@@ -322,7 +387,7 @@ def exact_sums(x, norm=None, *, groups=None, layout="NCHW"):
     sums = _scaled_sums(x, norm, groups, layout)
     sum_x, sum_x2 = [], []
     for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-        nan_count, positive, negative = sums.nonfinite[group]
+        nan_count, positive, negative = sums.nonfinite.get(group, (0, 0, 0))
         special = _nonfinite_mean(nan_count, positive, negative)
         if special is None:
             sum_x.append(Fraction(scaled_sum, sums.scale))
@@ -348,15 +413,14 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", ddof=0, bits=256):
     _check_ddof(ddof)
     sums = _scaled_sums(x, norm, groups, layout)
     count, scale = sums.count, sums.scale
-    mean_denominator = count * scale
-    variance_denominator = count * (count - ddof) * scale * scale
+    mean_denominator = _exact_value(count * scale)
+    variance_denominator = _exact_value(count * (count - ddof) * scale * scale)
     means, variances = [], []
     with mpmath.workprec(bits):
         nan = mpmath.mpf("nan")
         for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-            special = _nonfinite_mean(*sums.nonfinite[group])
-            if special is not None:
-                means.append(mpmath.mpf(special))
+            if group in sums.nonfinite:
+                means.append(mpmath.mpf(_nonfinite_mean(*sums.nonfinite[group])))
                 variances.append(nan)
                 continue
             means.append(_rounded_ratio(scaled_sum, mean_denominator, bits))
@@ -376,7 +440,7 @@ def _condition_numbers(sums, shift_by_first):
     result = np.empty(len(sums.sums), np.float64)
     with mpmath.workprec(CONDITION_BITS):
         for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-            if _nonfinite_mean(*sums.nonfinite[group]) is not None:
+            if group in sums.nonfinite:
                 result[group] = math.nan
                 continue
             scaled_n_times_s = count * scaled_square - scaled_sum * scaled_sum
@@ -384,10 +448,11 @@ def _condition_numbers(sums, shift_by_first):
                 result[group] = math.inf
                 continue
             if shift_by_first:
-                shift = sums.firsts[group]
+                shift = sums.scaled_first(group)
                 # Σ(x − d)² = Σx² − 2dΣx + n·d², all scaled by scale²
                 scaled_square = scaled_square - 2 * shift * scaled_sum + count * shift * shift
-            ratio = _rounded_ratio(count * scaled_square, scaled_n_times_s, CONDITION_BITS)
+            ratio = _rounded_ratio(count * scaled_square, _exact_value(scaled_n_times_s),
+                                   CONDITION_BITS)
             result[group] = float(mpmath.sqrt(ratio))
     return result.reshape(sums.stats_shape)
 
