@@ -83,19 +83,27 @@ def sources_table(frame):
                                f"κ {row.kappa_max:.3g}"} for row in cases.itertuples()])
 
 
+def broken(rows):
+    """The rows of implementations that fail a case: NaN in the normalized output, or not one
+    correct digit of the variance (whether a cancelled E[x²] − E[x]² comes out negative, hence NaN,
+    or small and positive is a coin flip of its rounding, which differs between CPUs)."""
+    return rows[(rows["nan_outputs"] > 0) | (rows["min_correct_digits_var"] < 1)]
+
+
 def failures_finding(results, frame):
     lines = []
     for case_name, rows in frame.groupby("case", sort=False):
         ran = rows[rows["error"].isna()]
-        broken = ran[(ran["nan_outputs"] > 0) | (ran["min_correct_digits_var"] < 1)]
+        broken_rows = broken(ran)
         reporter = ran[(ran["kind"] == "framework")
                        & (ran["implementation"].map(framework_of) == rows["framework"].iloc[0])]
-        reporter_broken = reporter[reporter["implementation"].isin(broken["implementation"])]
+        reporter_broken = reporter[reporter["implementation"].isin(broken_rows["implementation"])]
         lines.append(results.finding(
             "- {case}: {broken} of {ran} implementations give NaN outputs or less than one "
             "correct digit of the variance; of the reporting framework's ({framework}) "
             "{reporter} implementations, {reporter_broken} do{names}.",
-            case=case_name, broken=len(broken), ran=len(ran), framework=rows["framework"].iloc[0],
+            case=case_name, broken=len(broken_rows), ran=len(ran),
+            framework=rows["framework"].iloc[0],
             reporter=len(reporter), reporter_broken=len(reporter_broken),
             names=(": " + ", ".join(reporter_broken["implementation"])) if len(reporter_broken)
             else ""))
