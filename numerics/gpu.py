@@ -40,7 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import algorithms, precision, targets
-from .cpu import ROWS, SEGMENTS, compute_type_of, kernel_for
+from .plan import ROWS, SEGMENTS, kernel_for
+from .targets import compute_type_of
 from .topology import WARP_SIZE, Topology
 
 try:
@@ -217,12 +218,11 @@ def shared_states(compute_type):
 @functools.lru_cache(maxsize=None)
 def reduction_kernels(family, input_format, acc_format, fma):
     """The two streaming kernels of one family of rules: each writes one state per unit."""
-    scalar = targets.gpu_scalar_functions(input_format, acc_format, fma)
-    push_name, merge_name = algorithms.push_and_merge(family)
-    push = scalar[push_name]
+    scalar = targets.gpu_scalar_functions(family, input_format, acc_format, fma)
+    push = scalar["push"]
     load = scalar["load"]
     to_acc = scalar["to_acc"]
-    merge_sets = targets.gpu_inline(lane_tree(scalar[merge_name]))
+    merge_sets = targets.gpu_inline(lane_tree(scalar["merge"]))
     offset_of = targets.gpu_inline(element_offset)
     row_offset_of = targets.gpu_inline(row_offset)
     step = targets.gpu_inline(advance)
@@ -348,7 +348,8 @@ WITHOUT_PRODUCTS = "separate"
 @functools.lru_cache(maxsize=None)
 def first_element_kernel(input_format, acc_format):
     """centers[group] = the group's first element (the shift of the shifted rule)."""
-    load = targets.gpu_scalar_functions(input_format, acc_format, WITHOUT_PRODUCTS)["load"]
+    load = targets.gpu_scalar_functions(algorithms.CENTERED_SUMS, input_format, acc_format,
+                                        WITHOUT_PRODUCTS)["load"]
     offset_of = targets.gpu_inline(element_offset)
 
     def first_elements(x, reduced_outer, kept_inner, reduced_inner, groups, centers):
@@ -371,9 +372,9 @@ def finishing_formats(acc_format):
 def pass_one_kernel(acc_format):
     """Per group (one CUDA block each): merge the pass-one unit states of the two-pass rules by the
     block tree and store their mean, sum(x)/n, as the group's center for pass two."""
-    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), WITHOUT_PRODUCTS)
-    merge_units = targets.gpu_inline(block_tree(
-        scalar[algorithms.push_and_merge(algorithms.CENTERED_SUMS)[1]]))
+    scalar = targets.gpu_scalar_functions(algorithms.CENTERED_SUMS, *finishing_formats(acc_format),
+                                          WITHOUT_PRODUCTS)
+    merge_units = targets.gpu_inline(block_tree(scalar["merge"]))
     pass_one_mean = scalar["pass_one_mean"]
 
     def pass_one_means(counts, firsts, seconds, blocks, centers):
@@ -391,8 +392,8 @@ def pass_one_kernel(acc_format):
 def finalize_kernel(family, acc_format, fma):
     """Per group (one CUDA block each): merge the unit states by the block tree and finalize to
     (mean, variance)."""
-    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), fma)
-    merge_units = targets.gpu_inline(block_tree(scalar[algorithms.push_and_merge(family)[1]]))
+    scalar = targets.gpu_scalar_functions(family, *finishing_formats(acc_format), fma)
+    merge_units = targets.gpu_inline(block_tree(scalar["merge"]))
     finalize = scalar["finalize"]
     compute_type = compute_type_of(acc_format)
 

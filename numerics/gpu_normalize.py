@@ -18,7 +18,8 @@ import math
 import numpy as np
 
 from . import gpu, precision, targets
-from .cpu import compute_type_of
+from .algorithms import CENTERED_SUMS
+from .targets import compute_type_of
 # a module-level global on purpose, as in numerics/gpu.py: the simulator swaps the global named
 # ``cuda`` of a kernel's module for its fake one
 from .gpu import cuda
@@ -31,10 +32,9 @@ MAX_CUDA_BLOCKS = 65536
 @functools.lru_cache(maxsize=None)
 def normalize_kernel(input_format, acc_format):
     """The kernel for one (input format, accumulator format) pair."""
-    scalar = targets.gpu_scalar_functions(input_format, acc_format, "separate")
-    load, rnd = scalar["load"], scalar["rnd"]
+    scalar = targets.gpu_scalar_functions(CENTERED_SUMS, input_format, acc_format, "separate")
+    load, rnd, mul = scalar["load"], scalar["rnd"], scalar["mul"]
     compute_type = compute_type_of(acc_format)
-    mul = targets.gpu_inline(targets.gpu_products("separate")(compute_type, rnd)[0])
 
     def normalize_elements(x, means, variances, eps, weight, bias, group_span, kept_inner,
                            reduced_inner, weight_extent, weight_inner, bias_extent, bias_inner,

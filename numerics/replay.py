@@ -11,34 +11,27 @@ import numpy as np
 from . import algorithms, precision, subsets, topology as topologies
 
 
-def rules_for(acc_format):
-    """The rules on numpy scalars of the accumulator format (rounding is the scalar type's own)."""
-    scalar_type = precision.NUMPY_DTYPES[acc_format].type
-    to_acc, mul, mul_add = algorithms.arithmetic(scalar_type, precision.identity)
-    functions = algorithms.rules(to_acc, precision.identity, mul, mul_add)
-    functions["to_acc"] = to_acc
-    return functions
+def context(family, acc_format):
+    """The rules of ``family`` on numpy scalars of the accumulator format (rounding is the scalar
+    type's own)."""
+    return algorithms.Arithmetic(family, precision.NUMPY_DTYPES[acc_format].type)
 
 
-def group_state(values, family, center, topology, functions):
+def group_state(values, center, topology, ctx):
     """The merged (count, first, second) state of one group's values (in group order)."""
-    push_name, merge_name = algorithms.push_and_merge(family)
-    push, merge = functions[push_name], functions[merge_name]
-    merge_lanes = topologies.lane_merger(merge)
-    merge_blocks = topologies.block_merger(merge)
-    zero = functions["to_acc"](0)
+    zero = ctx.to_acc(0)
     block = topology.block_size(len(values))
     block_states = [[], [], []]
     for start in range(0, len(values), block):
         counts, firsts, seconds = [0] * topology.lanes, [zero] * topology.lanes, [zero] * topology.lanes
         for j, value in enumerate(values[start:start + block]):
             lane = j % topology.lanes
-            counts[lane], firsts[lane], seconds[lane] = push(counts[lane], center, firsts[lane],
-                                                             seconds[lane], value)
-        merge_lanes(counts, firsts, seconds, topology.lanes)
+            counts[lane], firsts[lane], seconds[lane] = ctx.push(counts[lane], center, firsts[lane],
+                                                                 seconds[lane], value)
+        topologies.merge_lanes(ctx, counts, firsts, seconds, topology.lanes)
         for states, state in zip(block_states, (counts[0], firsts[0], seconds[0])):
             states.append(state)
-    merge_blocks(*block_states, len(block_states[0]))
+    topologies.merge_blocks(ctx, *block_states, len(block_states[0]))
     return block_states[0][0], block_states[1][0], block_states[2][0]
 
 
@@ -53,7 +46,8 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     resolved = topologies.resolve(topology)
     rule = algorithms.ALGORITHMS[algorithm]
     view = subsets.canonical_view(x.shape, norm, groups, layout)
-    functions = rules_for(acc_format)
+    ctx = context(rule.family, acc_format)
+    sums = context(algorithms.CENTERED_SUMS, acc_format)
     scalar_type = precision.NUMPY_DTYPES[acc_format].type
     x4 = precision.convert(np.ascontiguousarray(x), acc_format).reshape(view.view_shape)
     means, variances = [], []
@@ -61,16 +55,16 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
         for k1 in range(view.kept_outer):
             for k2 in range(view.kept_inner):
                 values = [scalar_type(v) for v in x4[k1, :, k2, :].reshape(-1)]
-                center = functions["to_acc"](0)
+                center = ctx.to_acc(0)
                 if rule.code == algorithms.SHIFTED:
                     center = values[0]
                 elif rule.passes == 2:
-                    count, first, _ = group_state(values, algorithms.CENTERED_SUMS, center, resolved,
-                                                  functions)
-                    center = functions["pass_one_mean"](count, first)
-                count, first, second = group_state(values, rule.family, center, resolved, functions)
+                    count, first, _ = group_state(values, center, resolved, sums)
+                    center = algorithms.pass_one_mean(ctx, count, first)
+                count, first, second = group_state(values, center, resolved, ctx)
                 usable_ddof = ddof if count - ddof > 0 else 0
-                mean, var = functions["finalize"](rule.code, count, center, first, second, usable_ddof)
+                mean, var = algorithms.finalize(ctx, rule.code, count, center, first, second,
+                                                usable_ddof)
                 means.append(mean)
                 variances.append(var if count - ddof > 0 else scalar_type(np.nan))
     dtype = precision.NUMPY_DTYPES[acc_format]
