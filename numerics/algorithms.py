@@ -26,6 +26,7 @@ S = sum (x_i - mean)^2, kappa the condition number ||x||_2 / sqrt(S), u the unit
 accumulator and h the summation depth of the topology (n for one sequential accumulator, about
 log2 n for pairwise trees; bounds.summation_depth).
 """
+import math
 from dataclasses import dataclass
 
 # integer codes: kernels branch on them outside the hot loops
@@ -174,8 +175,9 @@ def pass_one_mean(ctx, count, first):
 
 
 def finalize(ctx, algorithm, count, center, first, second, ddof):
-    """(mean, variance) of a merged state; the variance divides S by n - ddof, which the caller
-    guarantees is positive."""
+    """(mean, variance) of a merged state; the variance divides S by n - ddof, and is NaN where
+    n - ddof <= 0 (the mean is still defined). Every target finalizes here, so they all agree on
+    that edge (docs/architecture.md, bad input)."""
     if algorithm == NAIVE:
         mean = ctx.rnd(first / ctx.to_acc(count))
         spread = ctx.mul_add(-first, mean, second)
@@ -189,6 +191,8 @@ def finalize(ctx, algorithm, count, center, first, second, ddof):
     else:
         mean = first
         spread = second
+    if count - ddof <= 0:
+        return mean, ctx.to_acc(math.nan)
     return mean, ctx.rnd(spread / ctx.to_acc(count - ddof))
 
 

@@ -7,7 +7,7 @@ computes, in the accumulator's arithmetic and in the order of numerics/normaliza
     z    = ((x − mean) · rstd) · weight + bias     every operation rounded (targets.py's ``rnd``)
 
 The products are targets.py's "separate" ones (libdevice ``fmul_rn``), which NVVM never contracts
-into a fused multiply-add with the following addition (ARCHITECTURE.md trap 2): the kernel is
+into a fused multiply-add with the following addition (docs/architecture.md trap 2): the kernel is
 bitwise equal to the CPU's numpy pass. Division and square root are the IEEE ones (``div.rn``,
 ``sqrt.rn``: no fastmath, trap 3). The kernel writes z in the accumulator's compute type; the host
 rounds it once to the output format with the same function as the CPU (precision.convert).

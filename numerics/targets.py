@@ -110,34 +110,31 @@ def _unbox_marker(typ, obj, c):
     return NativeValue(cgutils.get_null_value(c.context.get_value_type(typ)))
 
 
-def _define_arithmetic(context_type, products, overload_method):
-    """``to_acc``, ``rnd``, ``mul``, ``mul_add``, ``load``, ``push`` and ``merge`` on a context
-    type, with the target's ``overload_method``. ``products(ctx)`` returns the ``(mul, mul_add)``
-    implementations for a context type."""
-
+def _define_arithmetic(context_type, arithmetic, overload_method):
+    """The methods of a context type, with the target's ``overload_method``: ``arithmetic(ctx)``
+    returns the implementations of ``rnd``, ``to_acc``, ``load``, ``mul`` and ``mul_add`` for a
+    context type; ``push`` and ``merge`` are the family's rules (algorithms.FAMILY_RULES). Not
+    inlined by numba (``inline="always"``): that gave wrong results in the rows kernel (seen with
+    numba 0.68), and LLVM inlines these small functions anyway."""
     @overload_method(context_type, "rnd")
     def _rnd(ctx, value):
-        rounder = ROUNDERS[ctx.acc_format]
-        return lambda ctx, value: rounder(value)
+        return arithmetic(ctx)["rnd"]
 
     @overload_method(context_type, "to_acc")
     def _to_acc(ctx, value):
-        rounder, compute_type = ROUNDERS[ctx.acc_format], compute_type_of(ctx.acc_format)
-        return lambda ctx, value: rounder(compute_type(value))
+        return arithmetic(ctx)["to_acc"]
 
     @overload_method(context_type, "load")
     def _load(ctx, raw):
-        decode = INPUT_DECODERS[ctx.input_format]
-        rounder, compute_type = ROUNDERS[ctx.acc_format], compute_type_of(ctx.acc_format)
-        return lambda ctx, raw: rounder(compute_type(decode(raw)))
+        return arithmetic(ctx)["load"]
 
     @overload_method(context_type, "mul")
     def _mul(ctx, a, b):
-        return products(ctx)[0]
+        return arithmetic(ctx)["mul"]
 
     @overload_method(context_type, "mul_add")
     def _mul_add(ctx, a, b, c):
-        return products(ctx)[1]
+        return arithmetic(ctx)["mul_add"]
 
     @overload_method(context_type, "push")
     def _push(ctx, count, center, first, second, x):
@@ -152,20 +149,49 @@ def _define_arithmetic(context_type, products, overload_method):
                 merge(ctx, count_a, first_a, second_a, count_b, first_b, second_b))
 
 
-def _cpu_products(ctx):
-    """Two roundings per multiply-add: the CPU never fuses (docs/architecture.md trap 2)."""
-    rounder = ROUNDERS[ctx.acc_format]
-
-    def mul(ctx, a, b):
-        return rounder(a * b)
+def rounded_arithmetic(ctx, product):
+    """The implementations of an arithmetic whose every result goes through the format's
+    rounding, ``product(a, b)`` being the target's product and a multiply-add two roundings."""
+    rounder, decode = ROUNDERS[ctx.acc_format], INPUT_DECODERS[ctx.input_format]
+    compute_type = compute_type_of(ctx.acc_format)
 
     def mul_add(ctx, a, b, c):
-        return rounder(rounder(a * b) + c)
+        return rounder(rounder(product(a, b)) + c)
 
-    return mul, mul_add
+    return {"rnd": lambda ctx, value: rounder(value),
+            "to_acc": lambda ctx, value: rounder(compute_type(value)),
+            "load": lambda ctx, raw: rounder(compute_type(decode(raw))),
+            "mul": lambda ctx, a, b: rounder(product(a, b)),
+            "mul_add": mul_add}
 
 
-_define_arithmetic(CpuContextType, _cpu_products, overload_method)
+def _multiply(a, b):
+    return a * b
+
+
+register_jitable(_multiply)
+
+
+def cpu_arithmetic(ctx):
+    """The CPU's arithmetic: two roundings per multiply-add, never fused (docs/architecture.md
+    trap 2; without fastmath numba's ``a * b + c`` is two IEEE operations). float32 and float64
+    accumulators round by themselves: their methods are plain operations."""
+    if ctx.acc_format in ("float16", "bfloat16"):
+        return rounded_arithmetic(ctx, _multiply)
+    compute_type = compute_type_of(ctx.acc_format)
+    if ctx.input_format in ("float16", "bfloat16"):
+        decode = INPUT_DECODERS[ctx.input_format]
+        load = lambda ctx, raw: compute_type(decode(raw))  # noqa: E731
+    else:
+        load = lambda ctx, raw: compute_type(raw)  # noqa: E731
+    return {"rnd": lambda ctx, value: value,
+            "to_acc": lambda ctx, value: compute_type(value),
+            "load": load,
+            "mul": lambda ctx, a, b: a * b,
+            "mul_add": lambda ctx, a, b, c: a * b + c}
+
+
+_define_arithmetic(CpuContextType, cpu_arithmetic, overload_method)
 
 
 # ---- GPU ------------------------------------------------------------------------------------------
@@ -256,23 +282,20 @@ def register_gpu_types():
     for function in JITABLE:
         cuda_register_jitable(function)
 
-    def products(ctx):
-        rounder = ROUNDERS[ctx.acc_format]
+    def arithmetic(ctx):
         product = (libdevice.fmul_rn if compute_type_of(ctx.acc_format) is np.float32
                    else libdevice.dmul_rn)
+        implementations = rounded_arithmetic(ctx, product)
+        if ctx.fma == "fused":
+            rounder = ROUNDERS[ctx.acc_format]
 
-        def mul(ctx, a, b):
-            return rounder(product(a, b))
-
-        if ctx.fma == "separate":
-            def mul_add(ctx, a, b, c):
-                return rounder(rounder(product(a, b)) + c)
-        else:
             def mul_add(ctx, a, b, c):
                 return rounder(cuda.fma(a, b, c))
-        return mul, mul_add
 
-    _define_arithmetic(GpuContextType, products, cuda_overload_method)
+            implementations["mul_add"] = mul_add
+        return implementations
+
+    _define_arithmetic(GpuContextType, arithmetic, cuda_overload_method)
 
 
 def gpu_inline(function):

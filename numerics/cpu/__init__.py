@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from .. import algorithms, cache, precision
+from .. import algorithms, cache, plan, precision
 from ..plan import ROWS, SEGMENTS, kernel_for
 from ..targets import CpuContext
 from . import finish, rows, segments
@@ -74,74 +74,98 @@ def run_split(kernel, key, items, leading, make_scratch, outputs, threads):
     return threads
 
 
+class CpuTarget:
+    """The CPU kernels as a target of the pass plan (numerics.plan) over one canonical view."""
+
+    def __init__(self, x4, view, rule, topology, input_format, acc_format):
+        self.kernel = kernel_for(view, topology)
+        self.ctx = context(rule.family, input_format, acc_format,
+                           is_simd(acc_format, topology.lanes))
+        # the serial kernels have no vector path: one build serves every topology
+        self.serial_ctx = context(rule.family, input_format, acc_format, False)
+        self.compute_type = precision.COMPUTE_DTYPES[acc_format].type
+        self.x4, self.view, self.lanes, self.acc_format = x4, view, topology.lanes, acc_format
+        self.block = topology.block_size(view.group_size)
+        self.threads = numba.get_num_threads() if x4.nbytes >= THREADED_BYTES else 1
+        self.ran, self.fused = 1, False
+        if self.kernel == ROWS:
+            self.data = x4.reshape(view.kept_outer, view.reduced_outer,
+                                   view.kept_inner * view.reduced_inner)
+            self.blocks = -(-view.reduced_outer // (self.block // view.reduced_inner))
+            self.units, self.owners = view.kept_outer * self.blocks, view.kept_outer
+            self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data.shape[2]
+            self.units_kernel, self.two_pass_kernel = rows.row_units, rows.row_two_pass
+            self.shape = (self.lanes, view.reduced_inner, self.block)
+        else:
+            self.data = x4
+            self.blocks = -(-view.group_size // self.block)
+            self.units, self.owners = view.group_count * self.blocks, view.group_count
+            self.lane_rows, self.columns = 1, 1
+            self.units_kernel, self.two_pass_kernel = segments.segment_units, segments.segment_two_pass
+            self.shape = (self.lanes, self.block)
+        states = view.group_count * self.blocks
+        self.states = (np.empty(states, np.int64), np.empty(states, self.compute_type),
+                       np.empty(states, self.compute_type))
+        # what the specialization of a kernel depends on besides the contexts and modes
+        self.data_key = (self.data.dtype.str, self.data.flags.writeable)
+
+    def new_scratch(self):
+        return new_scratch(self.lanes, self.acc_format, self.lane_rows, self.columns)
+
+    def zero_centers(self):
+        return np.zeros((self.view.kept_outer, self.view.kept_inner), self.compute_type)
+
+    def first_elements(self):
+        centers = np.empty((self.view.kept_outer, self.view.kept_inner), self.compute_type)
+        cache.call(finish.first_elements, (self.serial_ctx,) + self.data_key, self.serial_ctx,
+                   self.x4, centers)
+        return centers
+
+    def reduce(self, mode, centers):
+        mode = MODES[mode]
+        ran = run_split(self.units_kernel, (self.ctx, mode) + self.data_key, self.units,
+                        (self.ctx, mode, self.data, centers, *self.shape), self.new_scratch,
+                        self.states, self.threads)
+        self.ran = max(self.ran, ran)
+
+    def both_passes(self, centers):
+        """Both passes fused when every thread can own whole groups (slices): pass 2 re-reads a
+        group right after its pass 1, from cache."""
+        owners, threads = self.owners, self.threads
+        if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
+            return None
+        self.ran = run_split(self.two_pass_kernel, (self.ctx,) + self.data_key, owners,
+                             (self.ctx, FIRST_ONLY, CENTERED, self.data, centers, *self.shape),
+                             self.new_scratch, self.states, threads)
+        self.fused = True
+        return centers
+
+    def pass_one_means(self, centers):
+        cache.call(finish.pass_one_means, (self.serial_ctx,), self.serial_ctx, self.blocks,
+                   *self.states, centers)
+        return centers
+
+    def finalize(self, algorithm, centers, ddof):
+        means = np.empty(self.view.group_count, self.compute_type)
+        variances = np.empty(self.view.group_count, self.compute_type)
+        cache.call(finish.finalize_all, (self.serial_ctx,), self.serial_ctx, algorithm,
+                   self.blocks, *self.states, centers, means, variances, ddof)
+        return means, variances
+
+
+#: the CPU's compile-time mode of each pass of the plan
+MODES = {plan.PASS_ONE: FIRST_ONLY, plan.CENTERED: CENTERED, plan.ZERO_CENTER: ZERO_CENTER}
+
+
 def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
     """(means, variances, kernel name, details) of every group of the canonical view ``x4`` (a
     C-contiguous array of shape view.view_shape, 16-bit formats as uint16 bit patterns), in the
     compute type; details say how many threads ran and whether the two passes were fused."""
     rule = algorithms.ALGORITHMS[algorithm]
-    kernel = kernel_for(view, topology)
-    ctx = context(rule.family, input_format, acc_format, is_simd(acc_format, topology.lanes))
-    serial_ctx = context(rule.family, input_format, acc_format, False)
-    compute_type = precision.COMPUTE_DTYPES[acc_format].type
-    block = topology.block_size(view.group_size)
-    threads = numba.get_num_threads() if x4.nbytes >= THREADED_BYTES else 1
-    lanes = topology.lanes
-    if kernel == ROWS:
-        data = x4.reshape(view.kept_outer, view.reduced_outer,
-                          view.kept_inner * view.reduced_inner)
-        blocks = -(-view.reduced_outer // (block // view.reduced_inner))
-        units, owners = view.kept_outer * blocks, view.kept_outer
-        lane_rows, columns = lanes // view.reduced_inner, data.shape[2]
-        units_kernel, two_pass_kernel = rows.row_units, rows.row_two_pass
-        shape = (lanes, view.reduced_inner, block)
-    else:
-        data = x4
-        blocks = -(-view.group_size // block)
-        units, owners = view.group_count * blocks, view.group_count
-        lane_rows, columns = 1, 1
-        units_kernel, two_pass_kernel = segments.segment_units, segments.segment_two_pass
-        shape = (lanes, block)
-
-    def make_scratch():
-        return new_scratch(lanes, acc_format, lane_rows, columns)
-
-    groups = view.group_count
-    outputs = (np.empty(groups * blocks, np.int64), np.empty(groups * blocks, compute_type),
-               np.empty(groups * blocks, compute_type))
-    centers = np.zeros((view.kept_outer, view.kept_inner), compute_type)
-    data_key = (data.dtype.str, data.flags.writeable)
-
-    def merge_groups():
-        cache.call(finish.merge_groups, (serial_ctx,), serial_ctx, blocks, *outputs)
-
-    def reduce(mode):
-        ran = run_split(units_kernel, (ctx, mode) + data_key, units,
-                        (ctx, mode, data, centers, *shape), make_scratch, outputs, threads)
-        merge_groups()
-        return ran
-
-    if rule.code == algorithms.SHIFTED:
-        cache.call(finish.first_elements, (serial_ctx,) + data_key, serial_ctx, x4, centers)
-    fused = (rule.passes == 2 and owners >= threads
-             and (owners % threads == 0 or owners >= 8 * threads))
-    if fused:
-        # every thread owns whole groups (slices): both passes back to back, pass 2 from cache
-        ran = run_split(two_pass_kernel, (ctx,) + data_key, owners,
-                        (ctx, FIRST_ONLY, CENTERED, data, centers, *shape), make_scratch,
-                        outputs, threads)
-        merge_groups()
-    elif rule.passes == 2:
-        ran = reduce(FIRST_ONLY)
-        cache.call(finish.pass_one_means, (serial_ctx,), serial_ctx, blocks, outputs[0],
-                   outputs[1], centers)
-        ran = max(ran, reduce(CENTERED))
-    else:
-        ran = reduce(ZERO_CENTER if rule.code == algorithms.NAIVE else CENTERED)
-    means = np.empty(groups, compute_type)
-    variances = np.empty(groups, compute_type)
-    cache.call(finish.finalize_all, (serial_ctx,), serial_ctx, rule.code, blocks, outputs[0],
-               centers, outputs[1], outputs[2], ddof, means, variances)
-    return means, variances, kernel, (("threads", ran), ("fused_two_pass", fused))
+    target = CpuTarget(x4, view, rule, topology, input_format, acc_format)
+    means, variances = plan.run(rule, target, ddof)
+    return means, variances, target.kernel, (("threads", target.ran),
+                                             ("fused_two_pass", target.fused))
 
 
-__all__ = ["moments", "THREADED_BYTES", "SEGMENTS", "ROWS"]
+__all__ = ["moments", "CpuTarget", "THREADED_BYTES", "SEGMENTS", "ROWS"]
