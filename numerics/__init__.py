@@ -11,18 +11,14 @@ Every statistic is subset x update rule x reduction topology x precision x Besse
 - ``reference``, ``metrics``, ``bounds``, ``data``, ``nist``: exact references, error measures,
   a-priori bounds, seeded inputs and the NIST StRD data (import them as submodules).
 """
-from . import cache as _cache
-
-_cache.install()
-
-from . import bounds, data, metrics, nist, reference, replay  # noqa: E402
-from .algorithms import ALGORITHMS  # noqa: E402
-from .audits import audit  # noqa: E402
-from .normalization import normalize  # noqa: E402
-from .precision import FORMATS, unit_roundoff  # noqa: E402
-from .statistics import Moments, Run, moments  # noqa: E402
-from .subsets import LAYOUTS, NORMS, canonical_view  # noqa: E402
-from .topology import DEFAULT_TOPOLOGY, TOPOLOGIES, Topology  # noqa: E402
+from . import bounds, data, metrics, nist, reference, replay
+from .algorithms import ALGORITHMS
+from .audits import audit
+from .normalization import normalize
+from .precision import FORMATS, unit_roundoff
+from .statistics import Moments, Run, moments
+from .subsets import LAYOUTS, NORMS, canonical_view
+from .topology import DEFAULT_TOPOLOGY, TOPOLOGIES, Topology
 
 __all__ = ["bounds", "data", "metrics", "nist", "reference", "replay", "ALGORITHMS", "DEFAULT_TOPOLOGY", "FORMATS", "LAYOUTS", "NORMS", "TOPOLOGIES", "Moments",
            "Run", "Topology", "audit", "canonical_view", "moments", "normalize", "unit_roundoff"]

@@ -7,20 +7,26 @@ mean and variance, Bessel's correction applied once). targets.py compiles these 
 CPU (numba.njit) and the GPU (numba.cuda device functions); replay.py runs them as they are on numpy
 scalars; tests run them on ``fractions.Fraction`` and mpmath numbers.
 
-The arithmetic is injected, so one text serves every precision and target:
+The arithmetic is a *context*, the first argument of every rule (as mpmath's contexts), so one text
+serves every precision and target: ``Arithmetic`` below for plain Python, numba types for the
+kernels (numerics.targets: the format, the family and, on the GPU, the FMA mode are part of the
+type, so each compiled rule is named by its specialization). A context provides:
 
-- ``to_acc(v)`` converts an integer count or an input value to the accumulator's arithmetic;
-- ``rnd(v)`` rounds a result of the compute type to the accumulator format (the identity except for
-  emulated float16/bfloat16, ARCHITECTURE.md section 1);
-- ``mul(a, b)`` is a rounded product and ``mul_add(a, b, c)`` is ``c + a*b``, either with two
+- ``to_acc(v)``: an integer count or an input value converted to the accumulator's arithmetic;
+- ``rnd(v)``: a result of the compute type rounded to the accumulator format (the identity except
+  for emulated float16/bfloat16, docs/architecture.md section 1);
+- ``mul(a, b)``, a rounded product, and ``mul_add(a, b, c)``, ``c + a*b`` either with two
   roundings or as one fused multiply-add. They are the only places a product appears, so whether a
-  GPU build fuses (ARCHITECTURE.md trap 2) is decided in one place and can be replayed.
+  GPU build fuses (docs/architecture.md trap 2) is decided in one place and can be replayed;
+- ``push`` and ``merge``: the family's rules (FAMILY_RULES), for the merge trees of
+  numerics.topology.
 
 Bounds below are CGL's (Chan, Golub & LeVeque 1983, Table 1) leading terms on |S^ - S|/S with
 S = sum (x_i - mean)^2, kappa the condition number ||x||_2 / sqrt(S), u the unit roundoff of the
 accumulator and h the summation depth of the topology (n for one sequential accumulator, about
 log2 n for pairwise trees; bounds.summation_depth).
 """
+import math
 from dataclasses import dataclass
 
 # integer codes: kernels branch on them outside the hot loops
@@ -81,99 +87,121 @@ ALGORITHMS = {
 }
 
 
-def arithmetic(compute_type, rnd):
-    """The conversions and products of one accumulator arithmetic, with two roundings per
-    multiply-add (no fusion). ``compute_type`` is float32, float64, Fraction, mpf..."""
-
-    def to_acc(value):
-        return rnd(compute_type(value))
-
-    def mul(a, b):
-        return rnd(a * b)
-
-    def mul_add(a, b, c):
-        return rnd(rnd(a * b) + c)
-
-    return to_acc, mul, mul_add
+#: the push and merge rules of each family (the functions below), looked up by the contexts
+FAMILY_RULES = {}
 
 
-def rules(to_acc, rnd, mul, mul_add, compile=lambda function: function):
-    """The push, merge and finalize functions of every rule for one arithmetic, as a dict, each
-    passed through ``compile`` (a target's decorator) as it is defined, so that a rule calling
-    another calls the compiled one."""
+class Arithmetic:
+    """A context for running the rules as plain Python (numerics.replay, tests on Fraction and
+    mpmath numbers): the conversions and products of one accumulator arithmetic, with two
+    roundings per multiply-add (no fusion), and the push and merge of one family of rules.
+    ``compute_type`` is float32, float64, Fraction, mpf...; ``rounding`` rounds one of its values
+    to the accumulator format (the identity where the type rounds by itself). The compiled kernels
+    pass contexts of the same shape that are numba types (numerics.targets)."""
 
-    def centered_push(count, center, first, second, x):
-        # naive (center 0), shifted (center = first element) and the second pass of both two-pass
-        # rules (center = the pass-1 mean) are the same accumulation; only finalize differs
-        deviation = rnd(x - center)
-        return count + 1, rnd(first + deviation), mul_add(deviation, deviation, second)
+    def __init__(self, family, compute_type, rounding=lambda value: value):
+        if family not in (CENTERED_SUMS, WELFORD_UPDATES, CHAN_UPDATES):
+            raise ValueError(f"family must be one of {CENTERED_SUMS!r}, {WELFORD_UPDATES!r}, "
+                             f"{CHAN_UPDATES!r}, got {family!r}")
+        self.family = family
+        self.compute_type = compute_type
+        self.rounding = rounding
 
-    def sums_merge(count_a, first_a, second_a, count_b, first_b, second_b):
-        return count_a + count_b, rnd(first_a + first_b), rnd(second_a + second_b)
+    def to_acc(self, value):
+        return self.rnd(self.compute_type(value))
 
-    def welford_push(count, center, mean, m2, x):
-        count = count + 1
-        delta = rnd(x - mean)
-        mean = rnd(mean + rnd(delta / to_acc(count)))
-        return count, mean, mul_add(delta, rnd(x - mean), m2)
+    def rnd(self, value):
+        return self.rounding(value)
 
-    def chan_merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
-        # empty states (lanes or blocks that received no element) merge exactly, without 0/0
-        if count_b == 0:
-            return count_a, mean_a, m2_a
-        if count_a == 0:
-            return count_b, mean_b, m2_b
-        count = count_a + count_b
-        delta = rnd(mean_b - mean_a)
-        weight_b = rnd(to_acc(count_b) / to_acc(count))
-        mean = mul_add(delta, weight_b, mean_a)
-        m2 = mul_add(mul(delta, delta), mul(to_acc(count_a), weight_b), rnd(m2_a + m2_b))
-        return count, mean, m2
+    def mul(self, a, b):
+        return self.rnd(a * b)
 
-    chan_merge = compile(chan_merge)
+    def mul_add(self, a, b, c):
+        return self.rnd(self.rnd(a * b) + c)
 
-    def chan_push(count, center, mean, m2, x):
-        return chan_merge(count, mean, m2, 1, x, to_acc(0))
+    def push(self, count, center, first, second, x):
+        return FAMILY_RULES[self.family][0](self, count, center, first, second, x)
 
-    def pass_one_mean(count, first):
-        """The mean of the first pass of the two-pass rules: sum(x)/n."""
-        return rnd(first / to_acc(count))
-
-    def finalize(algorithm, count, center, first, second, ddof):
-        """(mean, variance) of a merged state; the variance divides S by n - ddof, which the
-        caller guarantees is positive."""
-        if algorithm == NAIVE:
-            mean = rnd(first / to_acc(count))
-            spread = mul_add(-first, mean, second)
-        elif algorithm == SHIFTED or algorithm == CORRECTED_TWO_PASS:
-            quotient = rnd(first / to_acc(count))
-            mean = rnd(center + quotient)
-            spread = mul_add(-first, quotient, second)
-        elif algorithm == TWO_PASS:
-            mean = center
-            spread = second
-        else:
-            mean = first
-            spread = second
-        return mean, rnd(spread / to_acc(count - ddof))
-
-    functions = {
-        "centered_push": centered_push,
-        "sums_merge": sums_merge,
-        "welford_push": welford_push,
-        "chan_push": chan_push,
-        "pass_one_mean": pass_one_mean,
-        "finalize": finalize,
-    }
-    functions = {name: compile(function) for name, function in functions.items()}
-    functions["chan_merge"] = chan_merge
-    return functions
+    def merge(self, count_a, first_a, second_a, count_b, first_b, second_b):
+        return FAMILY_RULES[self.family][1](self, count_a, first_a, second_a, count_b, first_b,
+                                           second_b)
 
 
-def push_and_merge(family):
-    """Names of the push and merge functions of a family of rules."""
-    return {
-        CENTERED_SUMS: ("centered_push", "sums_merge"),
-        WELFORD_UPDATES: ("welford_push", "chan_merge"),
-        CHAN_UPDATES: ("chan_push", "chan_merge"),
-    }[family]
+# ---- the rules, over a context ``ctx``: ``ctx.to_acc(v)`` converts an integer count or an input
+# ---- value to the accumulator's arithmetic, ``ctx.rnd(v)`` rounds a result of the compute type
+# ---- to the accumulator format, ``ctx.mul(a, b)`` is a rounded product and
+# ---- ``ctx.mul_add(a, b, c)`` is ``c + a*b`` (two roundings, or one fused multiply-add)
+
+def centered_push(ctx, count, center, first, second, x):
+    # naive (center 0), shifted (center = first element) and the second pass of both two-pass
+    # rules (center = the pass-1 mean) are the same accumulation; only finalize differs
+    deviation = ctx.rnd(x - center)
+    return count + 1, ctx.rnd(first + deviation), ctx.mul_add(deviation, deviation, second)
+
+
+def sums_merge(ctx, count_a, first_a, second_a, count_b, first_b, second_b):
+    return count_a + count_b, ctx.rnd(first_a + first_b), ctx.rnd(second_a + second_b)
+
+
+def welford_push(ctx, count, center, mean, m2, x):
+    count = count + 1
+    delta = ctx.rnd(x - mean)
+    mean = ctx.rnd(mean + ctx.rnd(delta / ctx.to_acc(count)))
+    return count, mean, ctx.mul_add(delta, ctx.rnd(x - mean), m2)
+
+
+def chan_merge(ctx, count_a, mean_a, m2_a, count_b, mean_b, m2_b):
+    # empty states (lanes or blocks that received no element) merge exactly, without 0/0
+    if count_b == 0:
+        return count_a, mean_a, m2_a
+    if count_a == 0:
+        return count_b, mean_b, m2_b
+    count = count_a + count_b
+    delta = ctx.rnd(mean_b - mean_a)
+    weight_b = ctx.rnd(ctx.to_acc(count_b) / ctx.to_acc(count))
+    mean = ctx.mul_add(delta, weight_b, mean_a)
+    m2 = ctx.mul_add(ctx.mul(delta, delta), ctx.mul(ctx.to_acc(count_a), weight_b),
+                     ctx.rnd(m2_a + m2_b))
+    return count, mean, m2
+
+
+def chan_push(ctx, count, center, mean, m2, x):
+    return chan_merge(ctx, count, mean, m2, 1, x, ctx.to_acc(0))
+
+
+def pass_one_mean(ctx, count, first):
+    """The mean of the first pass of the two-pass rules: sum(x)/n."""
+    return ctx.rnd(first / ctx.to_acc(count))
+
+
+def finalize(ctx, algorithm, count, center, first, second, ddof):
+    """(mean, variance) of a merged state; the variance divides S by n - ddof, and is NaN where
+    n - ddof <= 0 (the mean is still defined). Every target finalizes here, so they all agree on
+    that edge (docs/architecture.md, bad input)."""
+    if algorithm == NAIVE:
+        mean = ctx.rnd(first / ctx.to_acc(count))
+        spread = ctx.mul_add(-first, mean, second)
+    elif algorithm == SHIFTED or algorithm == CORRECTED_TWO_PASS:
+        quotient = ctx.rnd(first / ctx.to_acc(count))
+        mean = ctx.rnd(center + quotient)
+        spread = ctx.mul_add(-first, quotient, second)
+    elif algorithm == TWO_PASS:
+        mean = center
+        spread = second
+    else:
+        mean = first
+        spread = second
+    if count - ddof <= 0:
+        return mean, ctx.to_acc(math.nan)
+    return mean, ctx.rnd(spread / ctx.to_acc(count - ddof))
+
+
+FAMILY_RULES.update({
+    CENTERED_SUMS: (centered_push, sums_merge),
+    WELFORD_UPDATES: (welford_push, chan_merge),
+    CHAN_UPDATES: (chan_push, chan_merge),
+})
+
+#: every rule function, for the targets that compile them (numerics.targets)
+RULE_FUNCTIONS = (centered_push, sums_merge, welford_push, chan_merge, chan_push, pass_one_mean,
+                  finalize)

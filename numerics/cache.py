@@ -1,17 +1,29 @@
-"""Where numba keeps the compiled kernels of this package.
+"""Where numba keeps the compiled kernels of this package, and how processes share them.
 
-Numba's own cache stamps a kernel with the source file that defines it, so editing a helper in
-another module (algorithms.py, precision.py) would leave stale machine code in use
-(ARCHITECTURE.md trap 5). This locator keys the cache directory on a hash of every source file of
-the package instead: any edit anywhere in numerics/ starts a fresh cache. It applies to this
-package's files only. The root is $NUMERICS_CACHE_DIR, else $XDG_CACHE_HOME/numerics, else
-~/.cache/numerics.
+Numba's own cache (``cache=True``) stamps a kernel with the source file that defines it, so editing
+a helper in another module (algorithms.py, precision.py) would leave stale machine code in use
+(docs/architecture.md trap 5). The kernels are therefore decorated with numba's documented
+``NUMBA_CACHE_DIR`` setting (``numba.config.CACHE_DIR``) pointing at a directory named by a hash
+of every source file of the package: any edit anywhere in numerics/ starts a fresh cache. The
+setting is changed only while the package's kernels are decorated (numba reads it then) and
+restored after, so the user's own numba functions keep theirs. The root is $NUMERICS_CACHE_DIR,
+else $XDG_CACHE_HOME/numerics, else ~/.cache/numerics.
+
+Numba names a new data file after the first free number in the index it has just read, so two
+processes compiling different signatures of one kernel at once can write the same file, and an
+index entry then names another signature's machine code. ``call`` holds an exclusive file
+lock, one per kernel module, around the first call of each specialization in a process: a second
+process waits, then finds the first one's code in the index (or compiles its own signature and
+saves it under a number the first one's entries already took).
 """
+import contextlib
+import fcntl
 import hashlib
 import os
+import threading
 from pathlib import Path
 
-from numba.core import caching
+import numba
 
 PACKAGE_DIRECTORY = Path(__file__).resolve().parent
 
@@ -34,82 +46,57 @@ def cache_root():
     return Path(base) / "numerics"
 
 
-class PackageSourceLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
-    def __init__(self, py_func, py_file):
-        self._py_file = py_file
-        self._lineno = py_func.__code__.co_firstlineno
-        self._cache_path = str(cache_root() / SOURCE_HASH)
-
-    def get_cache_path(self):
-        return self._cache_path
-
-    def get_source_stamp(self):
-        return SOURCE_HASH
-
-    @classmethod
-    def from_function(cls, py_func, py_file):
-        if PACKAGE_DIRECTORY not in Path(py_file).resolve().parents:
-            return None
-        return super().from_function(py_func, py_file)
+def cache_directory():
+    """The kernel cache of this version of the package's sources."""
+    return cache_root() / SOURCE_HASH
 
 
-def closure_fingerprint(function):
-    """A digest of a function's code and, recursively, of what its closure holds, stable across
-    processes. Numba pickles closure cells into its cache key, and a pickled dispatcher carries a
-    fresh per-process uuid, so the kernels this package builds in factories (closures over compiled
-    scalar functions) would never be found in the cache again. Their identity is their code and the
-    code of what they close over; the source hash in the cache path covers everything else."""
-    function = getattr(function, "py_func", function)
-    digest = hashlib.sha256(function.__code__.co_code)
-    digest.update(repr(function.__code__.co_consts).encode())
-    for cell in function.__closure__ or ():
-        content = cell.cell_contents
-        if callable(content) and hasattr(getattr(content, "py_func", content), "__code__"):
-            digest.update(closure_fingerprint(content).encode())
-        else:
-            digest.update(repr(content).encode())
-    return digest.hexdigest()
+@contextlib.contextmanager
+def package_cache_setting():
+    """numba.config.CACHE_DIR set to cache_directory() for the duration (see the module
+    docstring)."""
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = str(cache_directory())
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = previous
 
 
-class KeyNamedCacheFile(caching.IndexDataCacheFile):
-    """Numba's index and data files, with each data file named by a digest of its key instead of
-    the first free number. Numba picks that number from the index it has just read, so two
-    processes compiling the same function at once (the test suite's workers, two studies) can
-    pick the same file for different signatures, and an index entry then points at another
-    signature's machine code: a wrong result or a crash (seen once here). Named by key, a data
-    file only ever holds that key's code; the data is written before the index that names it;
-    an index entry lost to a concurrent rewrite only costs a recompilation."""
-
-    def save(self, key, data):
-        data_name = "%s.%s.nbc" % (self._index_name[:-len(".nbi")],
-                                   hashlib.sha256(repr(key).encode()).hexdigest()[:16])
-        self._save_data(data_name, data)
-        overloads = self._load_index()
-        overloads[key] = data_name
-        self._save_index(overloads)
+def cached(**options):
+    """``numba.njit(cache=True, **options)`` with the package's cache directory."""
+    def decorate(function):
+        with package_cache_setting():
+            return numba.njit(cache=True, **options)(function)
+    return decorate
 
 
-def install():
-    if PackageSourceLocator not in caching.CacheImpl._locator_classes:
-        caching.CacheImpl._locator_classes.insert(0, PackageSourceLocator)
-    if getattr(caching.Cache._index_key, "numerics", False):
-        return
-    numba_index_key = caching.Cache._index_key
+#: (kernel, specialization key) pairs already called once in this process
+_CALLED = set()
+_CALLED_GUARD = threading.Lock()
 
-    def index_key(self, sig, codegen):
-        if not isinstance(self._impl.locator, PackageSourceLocator):
-            return numba_index_key(self, sig, codegen)
-        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
-        return (sig, codegen.magic_tuple(), (code, closure_fingerprint(self._py_func)))
 
-    index_key.numerics = True
-    caching.Cache._index_key = index_key
-    numba_cache_init = caching.Cache.__init__
+@contextlib.contextmanager
+def module_lock(kernel):
+    """An exclusive lock shared by every process on the cache files of ``kernel``'s module."""
+    directory = cache_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = Path(kernel.py_func.__code__.co_filename).stem
+    with open(directory / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def cache_init(self, py_func):
-        numba_cache_init(self, py_func)
-        if isinstance(self._impl.locator, PackageSourceLocator):
-            self._cache_file = KeyNamedCacheFile(self._cache_path, self._impl.filename_base,
-                                                 self._impl.locator.get_source_stamp())
 
-    caching.Cache.__init__ = cache_init
+def call(kernel, key, *arguments):
+    """``kernel(*arguments)``. ``key`` names the specialization those arguments select (what
+    their numba types depend on); the first call with a key in this process, which loads the
+    kernel from the disk cache or compiles and saves it, holds the kernel module's lock."""
+    if (kernel, key) in _CALLED:
+        return kernel(*arguments)
+    with _CALLED_GUARD, module_lock(kernel):
+        result = kernel(*arguments)
+        _CALLED.add((kernel, key))
+    return result

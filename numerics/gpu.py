@@ -1,7 +1,7 @@
 """GPU kernels (numba.cuda) realising the reduction order of numerics.topology, and their launcher.
 
 The rules are the scalar functions of algorithms.py, compiled as CUDA device functions by
-targets.py (ARCHITECTURE.md section 2): this module only walks memory and merges states, in the
+targets.py (docs/architecture.md section 2): this module only walks memory and merges states, in the
 order the Topology defines, so ``moments(..., device="cpu", topology=t)`` replays a GPU run with
 topology ``t`` bit for bit (with ``fma="separate"``). A GPU run with ``Topology(lanes=T, block=B)``:
 
@@ -14,7 +14,7 @@ topology ``t`` bit for bit (with ``fma="separate"``). A GPU run with ``Topology(
 3. a second kernel merges each group's unit states by the adjacent pairwise tree, level by level,
    and finalizes. No atomics anywhere, so the same input gives the same bits on every run.
 
-Two kernels stream the input, like the CPU's (numerics.cpu.kernel_for picks one, by the same rule):
+Two kernels stream the input, like the CPU's (numerics.plan.kernel_for picks one for both):
 
 - ``segments``: a CUDA block holds ``threads_per_block // T`` units (at least one), each on its own
   T threads. Consecutive threads read consecutive elements of a group: coalesced wherever groups are
@@ -26,7 +26,7 @@ Two kernels stream the input, like the CPU's (numerics.cpu.kernel_for picks one,
 
 Index arithmetic is 64-bit throughout (``element_offset``, ``row_offset`` and ``advance`` below;
 every operand is an int64 in the kernels): tensors may pass 2**31 elements. ``fma``
-(targets.FMA_MODES) says whether the multiply-adds of the rules are fused (ARCHITECTURE.md trap 2);
+(targets.FMA_MODES) says whether the multiply-adds of the rules are fused (docs/architecture.md trap 2);
 it is recorded in every Run with the launch geometry. Scratch buffers stay allocated between calls
 (``workspace``), so a call costs its kernels and no cudaMalloc.
 
@@ -40,7 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import algorithms, precision, targets
-from .cpu import ROWS, SEGMENTS, compute_type_of, kernel_for
+from .plan import PASS_ONE, ROWS, SEGMENTS, kernel_for
+from .plan import run as run_plan
+from .targets import compute_type_of
 from .topology import WARP_SIZE, Topology
 
 try:
@@ -130,7 +132,7 @@ def stepping(step, kept_inner, reduced_inner):
 
 def lane_tree(merge):
     """``merge_sets(counts, firsts, seconds, sets, lanes, thread, threads)``: merge each of ``sets``
-    consecutive sets of ``lanes`` states (shared arrays) by the lane tree of topology.lane_merger;
+    consecutive sets of ``lanes`` states (shared arrays) by the lane tree of topology.merge_lanes;
     set s ends in slot s * lanes. The threads share each level's merges; every thread of the CUDA
     block must call it (it synchronizes the block)."""
 
@@ -167,7 +169,7 @@ def lane_tree(merge):
 def block_tree(merge):
     """``merge_units(counts, firsts, seconds, base, units, thread, threads)``: merge the ``units``
     states at base, base + 1, ... (global arrays) by the adjacent pairwise tree of
-    topology.block_merger, the threads sharing each level; the result ends at ``base``."""
+    topology.merge_blocks, the threads sharing each level; the result ends at ``base``."""
 
     def merge_units(counts, firsts, seconds, base, units, thread, threads):
         step = 1
@@ -217,12 +219,11 @@ def shared_states(compute_type):
 @functools.lru_cache(maxsize=None)
 def reduction_kernels(family, input_format, acc_format, fma):
     """The two streaming kernels of one family of rules: each writes one state per unit."""
-    scalar = targets.gpu_scalar_functions(input_format, acc_format, fma)
-    push_name, merge_name = algorithms.push_and_merge(family)
-    push = scalar[push_name]
+    scalar = targets.gpu_scalar_functions(family, input_format, acc_format, fma)
+    push = scalar["push"]
     load = scalar["load"]
     to_acc = scalar["to_acc"]
-    merge_sets = targets.gpu_inline(lane_tree(scalar[merge_name]))
+    merge_sets = targets.gpu_inline(lane_tree(scalar["merge"]))
     offset_of = targets.gpu_inline(element_offset)
     row_offset_of = targets.gpu_inline(row_offset)
     step = targets.gpu_inline(advance)
@@ -348,7 +349,8 @@ WITHOUT_PRODUCTS = "separate"
 @functools.lru_cache(maxsize=None)
 def first_element_kernel(input_format, acc_format):
     """centers[group] = the group's first element (the shift of the shifted rule)."""
-    load = targets.gpu_scalar_functions(input_format, acc_format, WITHOUT_PRODUCTS)["load"]
+    load = targets.gpu_scalar_functions(algorithms.CENTERED_SUMS, input_format, acc_format,
+                                        WITHOUT_PRODUCTS)["load"]
     offset_of = targets.gpu_inline(element_offset)
 
     def first_elements(x, reduced_outer, kept_inner, reduced_inner, groups, centers):
@@ -371,9 +373,9 @@ def finishing_formats(acc_format):
 def pass_one_kernel(acc_format):
     """Per group (one CUDA block each): merge the pass-one unit states of the two-pass rules by the
     block tree and store their mean, sum(x)/n, as the group's center for pass two."""
-    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), WITHOUT_PRODUCTS)
-    merge_units = targets.gpu_inline(block_tree(
-        scalar[algorithms.push_and_merge(algorithms.CENTERED_SUMS)[1]]))
+    scalar = targets.gpu_scalar_functions(algorithms.CENTERED_SUMS, *finishing_formats(acc_format),
+                                          WITHOUT_PRODUCTS)
+    merge_units = targets.gpu_inline(block_tree(scalar["merge"]))
     pass_one_mean = scalar["pass_one_mean"]
 
     def pass_one_means(counts, firsts, seconds, blocks, centers):
@@ -391,10 +393,9 @@ def pass_one_kernel(acc_format):
 def finalize_kernel(family, acc_format, fma):
     """Per group (one CUDA block each): merge the unit states by the block tree and finalize to
     (mean, variance)."""
-    scalar = targets.gpu_scalar_functions(*finishing_formats(acc_format), fma)
-    merge_units = targets.gpu_inline(block_tree(scalar[algorithms.push_and_merge(family)[1]]))
+    scalar = targets.gpu_scalar_functions(family, *finishing_formats(acc_format), fma)
+    merge_units = targets.gpu_inline(block_tree(scalar["merge"]))
     finalize = scalar["finalize"]
-    compute_type = compute_type_of(acc_format)
 
     def finalize_groups(algorithm, counts, firsts, seconds, blocks, centers, ddof, means, variances):
         group = np.int64(cuda.blockIdx.x)
@@ -402,13 +403,8 @@ def finalize_kernel(family, acc_format, fma):
         base = group * blocks
         merge_units(counts, firsts, seconds, base, blocks, thread, np.int64(cuda.blockDim.x))
         if thread == 0:
-            count = counts[base]
-            # n - ddof <= 0: the mean is still defined, the variance is NaN (statistics.moments)
-            usable_ddof = ddof if count - ddof > 0 else 0
-            mean, variance = finalize(algorithm, count, centers[group], firsts[base],
-                                      seconds[base], usable_ddof)
-            means[group] = mean
-            variances[group] = variance if count - ddof > 0 else compute_type(np.nan)
+            means[group], variances[group] = finalize(algorithm, counts[base], centers[group],
+                                                      firsts[base], seconds[base], ddof)
 
     return targets.gpu_kernel(finalize_groups)
 
@@ -493,6 +489,68 @@ def workspace(name, size, dtype, fill=None):
     return array
 
 
+class GpuTarget:
+    """The GPU kernels as a target of the pass plan (numerics.plan) over one canonical view: the
+    unit states stay on the device between the kernels."""
+
+    def __init__(self, x, view, rule, topology, input_format, acc_format, fma, launch, on_host):
+        self.x, self.view, self.rule, self.topology = x, view, rule, topology
+        self.on_host = on_host  # whether the results go back to the host
+        self.formats, self.fma, self.launch = (input_format, acc_format), fma, launch
+        self.compute_type = compute_type_of(acc_format)
+        self.groups = view.group_count
+        units = self.groups * launch.blocks
+        self.states = (workspace("counts", units, np.int64),
+                       workspace("firsts", units, self.compute_type),
+                       workspace("seconds", units, self.compute_type))
+        self.finish_threads = min(FINISH_THREADS, max(1, launch.blocks // 2))
+
+    def zero_centers(self):
+        return workspace("zero_centers", self.groups, self.compute_type, fill=0)
+
+    def first_elements(self):
+        centers = workspace("centers", self.groups, self.compute_type)
+        first_element_kernel(*self.formats)[-(-self.groups // 128), 128](
+            self.x, self.view.reduced_outer, self.view.kept_inner, self.view.reduced_inner,
+            self.groups, centers)
+        return centers
+
+    def reduce(self, mode, centers):
+        view, launch = self.view, self.launch
+        family = algorithms.CENTERED_SUMS if mode == PASS_ONE else self.rule.family
+        kernel = reduction_kernels(family, *self.formats, self.fma)[launch.kernel]
+        configured = kernel[launch.cuda_blocks, launch.threads_per_block, 0,
+                            shared_bytes(launch.states, self.formats[1])]
+        shape = (view.reduced_outer, view.kept_inner, view.reduced_inner)
+        if launch.kernel == SEGMENTS:
+            configured(self.x, centers, *shape, view.group_size, launch.block, launch.blocks,
+                       self.groups * launch.blocks, self.topology.lanes, *self.states)
+        else:
+            configured(self.x, centers, *shape, launch.block // view.reduced_inner, launch.blocks,
+                       launch.tiles, launch.tile_width, self.topology.lanes, *self.states)
+
+    def both_passes(self, centers):
+        return None
+
+    def pass_one_means(self, centers):
+        centers = workspace("centers", self.groups, self.compute_type)
+        pass_one_kernel(self.formats[1])[self.groups, self.finish_threads](
+            *self.states, self.launch.blocks, centers)
+        return centers
+
+    def finalize(self, algorithm, centers, ddof):
+        # results returned on the device are the caller's; those copied to the host are not
+        means, variances = ((workspace("means", self.groups, self.compute_type),
+                             workspace("variances", self.groups, self.compute_type))
+                            if self.on_host
+                            else (cuda.device_array(self.groups, self.compute_type),
+                                  cuda.device_array(self.groups, self.compute_type)))
+        finalize_kernel(self.rule.family, self.formats[1], self.fma)[
+            self.groups, self.finish_threads](algorithm, *self.states, self.launch.blocks,
+                                              centers, ddof, means, variances)
+        return means, variances
+
+
 def moments(x4, view, algorithm, topology, ddof, input_format, acc_format, *, fma="separate",
             threads_per_block=DEFAULT_THREADS_PER_BLOCK):
     """(means, variances, kernel name, details) of every group of the canonical view ``x4``, computed
@@ -509,49 +567,10 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format, *, fm
     check_options(fma, threads_per_block)
     rule = algorithms.ALGORITHMS[algorithm]
     launch = plan(view, topology, threads_per_block)
-    compute_type = compute_type_of(acc_format)
-    x = device_input(x4, input_format)
-    groups = view.group_count
-    units = groups * launch.blocks
-    reduce = reduction_kernels(rule.family, input_format, acc_format, fma)[launch.kernel]
-    finish_threads = min(FINISH_THREADS, max(1, launch.blocks // 2))
-
-    counts = workspace("counts", units, np.int64)
-    firsts = workspace("firsts", units, compute_type)
-    seconds = workspace("seconds", units, compute_type)
-
-    def reduce_units(family_kernel, centers):
-        shape = (view.reduced_outer, view.kept_inner, view.reduced_inner)
-        configured = family_kernel[launch.cuda_blocks, launch.threads_per_block, 0,
-                                   shared_bytes(launch.states, acc_format)]
-        if launch.kernel == SEGMENTS:
-            configured(x, centers, *shape, view.group_size, launch.block, launch.blocks, units,
-                       topology.lanes, counts, firsts, seconds)
-        else:
-            configured(x, centers, *shape, launch.block // view.reduced_inner, launch.blocks,
-                       launch.tiles, launch.tile_width, topology.lanes, counts, firsts, seconds)
-
-    centers = workspace("zero_centers", groups, compute_type, fill=0)
-    if rule.code == algorithms.SHIFTED:
-        centers = workspace("centers", groups, compute_type)
-        first_element_kernel(input_format, acc_format)[-(-groups // 128), 128](
-            x, view.reduced_outer, view.kept_inner, view.reduced_inner, groups, centers)
-    elif rule.passes == 2:
-        pass_one = reduction_kernels(algorithms.CENTERED_SUMS, input_format, acc_format,
-                                     fma)[launch.kernel]
-        reduce_units(pass_one, centers)
-        centers = workspace("centers", groups, compute_type)
-        pass_one_kernel(acc_format)[groups, finish_threads](counts, firsts, seconds, launch.blocks,
-                                                            centers)
-    reduce_units(reduce, centers)
     on_host = isinstance(x4, np.ndarray)
-    # results returned on the device are the caller's; those copied to the host are not
-    means = workspace("means", groups, compute_type) if on_host else cuda.device_array(
-        groups, compute_type)
-    variances = workspace("variances", groups, compute_type) if on_host else cuda.device_array(
-        groups, compute_type)
-    finalize_kernel(rule.family, acc_format, fma)[groups, finish_threads](
-        rule.code, counts, firsts, seconds, launch.blocks, centers, ddof, means, variances)
+    target = GpuTarget(device_input(x4, input_format), view, rule, topology, input_format,
+                       acc_format, fma, launch, on_host)
+    means, variances = run_plan(rule, target, ddof)
     details = (("fma", fma), ("lanes", topology.lanes), ("block", launch.block)) + launch.details()
     if on_host:
         return means.copy_to_host(), variances.copy_to_host(), f"cuda_{launch.kernel}", details

@@ -1,6 +1,6 @@
 """Compile every GPU kernel specialization to PTX, without a GPU (``make gpu-compile``).
 
-The simulator runs Python and accepts code the CUDA target rejects (ARCHITECTURE.md trap 7), so CI
+The simulator runs Python and accepts code the CUDA target rejects (docs/architecture.md trap 7), so CI
 compiles every specialization of numerics.gpu (numerics.gpu.specializations) to PTX for compute
 capabilities 8.0 and 9.0, as ``numba.cuda.compile_ptx`` does, using only the NVVM and NVRTC wheels. It then reads each PTX for
 ``fma.rn``, which is how one knows whether a build fused ``a*b + c`` (trap 2):

@@ -7,7 +7,7 @@ computes, in the accumulator's arithmetic and in the order of numerics/normaliza
     z    = ((x − mean) · rstd) · weight + bias     every operation rounded (targets.py's ``rnd``)
 
 The products are targets.py's "separate" ones (libdevice ``fmul_rn``), which NVVM never contracts
-into a fused multiply-add with the following addition (ARCHITECTURE.md trap 2): the kernel is
+into a fused multiply-add with the following addition (docs/architecture.md trap 2): the kernel is
 bitwise equal to the CPU's numpy pass. Division and square root are the IEEE ones (``div.rn``,
 ``sqrt.rn``: no fastmath, trap 3). The kernel writes z in the accumulator's compute type; the host
 rounds it once to the output format with the same function as the CPU (precision.convert).
@@ -18,7 +18,8 @@ import math
 import numpy as np
 
 from . import gpu, precision, targets
-from .cpu import compute_type_of
+from .algorithms import CENTERED_SUMS
+from .targets import compute_type_of
 # a module-level global on purpose, as in numerics/gpu.py: the simulator swaps the global named
 # ``cuda`` of a kernel's module for its fake one
 from .gpu import cuda
@@ -31,10 +32,9 @@ MAX_CUDA_BLOCKS = 65536
 @functools.lru_cache(maxsize=None)
 def normalize_kernel(input_format, acc_format):
     """The kernel for one (input format, accumulator format) pair."""
-    scalar = targets.gpu_scalar_functions(input_format, acc_format, "separate")
-    load, rnd = scalar["load"], scalar["rnd"]
+    scalar = targets.gpu_scalar_functions(CENTERED_SUMS, input_format, acc_format, "separate")
+    load, rnd, mul = scalar["load"], scalar["rnd"], scalar["mul"]
     compute_type = compute_type_of(acc_format)
-    mul = targets.gpu_inline(targets.gpu_products("separate")(compute_type, rnd)[0])
 
     def normalize_elements(x, means, variances, eps, weight, bias, group_span, kept_inner,
                            reduced_inner, weight_extent, weight_inner, bias_extent, bias_inner,

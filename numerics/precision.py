@@ -1,6 +1,6 @@
 """Floating-point formats: names, unit roundoff, and exact emulation of the 16-bit formats.
 
-Numba's CPU target has no 16-bit floats (ARCHITECTURE.md trap 10), so float16 and bfloat16 data
+Numba's CPU target has no 16-bit floats (docs/architecture.md trap 10), so float16 and bfloat16 data
 travel as ``uint16`` bit patterns and are decoded to float32; a 16-bit *accumulator* is emulated by
 computing each operation in float32 and rounding the result to the format, round-to-nearest-even.
 That emulation is exact for + - * / sqrt because float32 carries at least 2p + 2 bits of either

@@ -8,38 +8,72 @@ microsecond per element): meant for tests and for small studies of reduction ord
 """
 import numpy as np
 
-from . import algorithms, precision, subsets, topology as topologies
+from . import algorithms, plan, precision, subsets, topology as topologies
 
 
-def rules_for(acc_format):
-    """The rules on numpy scalars of the accumulator format (rounding is the scalar type's own)."""
-    scalar_type = precision.NUMPY_DTYPES[acc_format].type
-    to_acc, mul, mul_add = algorithms.arithmetic(scalar_type, precision.identity)
-    functions = algorithms.rules(to_acc, precision.identity, mul, mul_add)
-    functions["to_acc"] = to_acc
-    return functions
+def context(family, acc_format):
+    """The rules of ``family`` on numpy scalars of the accumulator format (rounding is the scalar
+    type's own)."""
+    return algorithms.Arithmetic(family, precision.NUMPY_DTYPES[acc_format].type)
 
 
-def group_state(values, family, center, topology, functions):
-    """The merged (count, first, second) state of one group's values (in group order)."""
-    push_name, merge_name = algorithms.push_and_merge(family)
-    push, merge = functions[push_name], functions[merge_name]
-    merge_lanes = topologies.lane_merger(merge)
-    merge_blocks = topologies.block_merger(merge)
-    zero = functions["to_acc"](0)
+def block_states(values, center, topology, ctx):
+    """The (counts, firsts, seconds) lists of the block states of one group's values (in group
+    order), each block's lanes merged by the lane tree."""
+    zero = ctx.to_acc(0)
     block = topology.block_size(len(values))
-    block_states = [[], [], []]
+    states = [], [], []
     for start in range(0, len(values), block):
         counts, firsts, seconds = [0] * topology.lanes, [zero] * topology.lanes, [zero] * topology.lanes
         for j, value in enumerate(values[start:start + block]):
             lane = j % topology.lanes
-            counts[lane], firsts[lane], seconds[lane] = push(counts[lane], center, firsts[lane],
-                                                             seconds[lane], value)
-        merge_lanes(counts, firsts, seconds, topology.lanes)
-        for states, state in zip(block_states, (counts[0], firsts[0], seconds[0])):
-            states.append(state)
-    merge_blocks(*block_states, len(block_states[0]))
-    return block_states[0][0], block_states[1][0], block_states[2][0]
+            counts[lane], firsts[lane], seconds[lane] = ctx.push(counts[lane], center, firsts[lane],
+                                                                 seconds[lane], value)
+        topologies.merge_lanes(ctx, counts, firsts, seconds, topology.lanes)
+        for block_list, state in zip(states, (counts[0], firsts[0], seconds[0])):
+            block_list.append(state)
+    return states
+
+
+class ReplayTarget:
+    """The pass plan's target (numerics.plan) in plain Python, group after group."""
+
+    def __init__(self, x4, view, rule, topology, acc_format):
+        scalar_type = precision.NUMPY_DTYPES[acc_format].type
+        self.groups = [[scalar_type(v) for v in x4[k1, :, k2, :].reshape(-1)]
+                       for k1 in range(view.kept_outer) for k2 in range(view.kept_inner)]
+        self.ctx = context(rule.family, acc_format)
+        self.sums = context(algorithms.CENTERED_SUMS, acc_format)
+        self.topology = topology
+        self.states = None
+
+    def zero_centers(self):
+        return [self.ctx.to_acc(0)] * len(self.groups)
+
+    def first_elements(self):
+        return [values[0] for values in self.groups]
+
+    def reduce(self, mode, centers):
+        ctx = self.sums if mode == plan.PASS_ONE else self.ctx
+        self.states = [block_states(values, center, self.topology, ctx)
+                       for values, center in zip(self.groups, centers)]
+
+    def both_passes(self, centers):
+        return None
+
+    def merged(self, ctx):
+        for counts, firsts, seconds in self.states:
+            topologies.merge_blocks(ctx, counts, firsts, seconds, len(counts))
+            yield counts[0], firsts[0], seconds[0]
+
+    def pass_one_means(self, centers):
+        return [algorithms.pass_one_mean(self.sums, count, first)
+                for count, first, _ in self.merged(self.sums)]
+
+    def finalize(self, algorithm, centers, ddof):
+        results = [algorithms.finalize(self.ctx, algorithm, count, center, first, second, ddof)
+                   for (count, first, second), center in zip(self.merged(self.ctx), centers)]
+        return [mean for mean, _ in results], [variance for _, variance in results]
 
 
 def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", ddof=0, acc_dtype=None,
@@ -49,30 +83,13 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     x = np.asarray(x)
     input_format = precision.format_name(x.dtype, "x")
     acc_format = (precision.format_name(acc_dtype, "acc_dtype") if acc_dtype is not None
-                  else "float64" if input_format == "float64" else "float32")
-    resolved = topologies.resolve(topology)
+                  else plan.default_acc_format(input_format))
     rule = algorithms.ALGORITHMS[algorithm]
     view = subsets.canonical_view(x.shape, norm, groups, layout)
-    functions = rules_for(acc_format)
-    scalar_type = precision.NUMPY_DTYPES[acc_format].type
     x4 = precision.convert(np.ascontiguousarray(x), acc_format).reshape(view.view_shape)
-    means, variances = [], []
+    target = ReplayTarget(x4, view, rule, topologies.resolve(topology), acc_format)
     with np.errstate(all="ignore"):
-        for k1 in range(view.kept_outer):
-            for k2 in range(view.kept_inner):
-                values = [scalar_type(v) for v in x4[k1, :, k2, :].reshape(-1)]
-                center = functions["to_acc"](0)
-                if rule.code == algorithms.SHIFTED:
-                    center = values[0]
-                elif rule.passes == 2:
-                    count, first, _ = group_state(values, algorithms.CENTERED_SUMS, center, resolved,
-                                                  functions)
-                    center = functions["pass_one_mean"](count, first)
-                count, first, second = group_state(values, rule.family, center, resolved, functions)
-                usable_ddof = ddof if count - ddof > 0 else 0
-                mean, var = functions["finalize"](rule.code, count, center, first, second, usable_ddof)
-                means.append(mean)
-                variances.append(var if count - ddof > 0 else scalar_type(np.nan))
+        means, variances = plan.run(rule, target, ddof)
     dtype = precision.NUMPY_DTYPES[acc_format]
     return (np.array(means, dtype=dtype).reshape(view.stats_shape),
             np.array(variances, dtype=dtype).reshape(view.stats_shape))

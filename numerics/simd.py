@@ -4,7 +4,7 @@
 Why: numba's CPU pipeline leaves the lanes topology scalar. Lane states in small arrays are either
 spilled to memory or, once LLVM unrolls the lane loop, promoted to scalar registers; the SLP
 vectorizer is off in numba (NUMBA_SLP_VECTORIZE=0), and fastmath may not be used to let the loop
-vectorizer reorder the sums (ARCHITECTURE.md traps 3 and 9). A ``Vector`` value *is* an LLVM
+vectorizer reorder the sums (docs/architecture.md traps 3 and 9). A ``Vector`` value *is* an LLVM
 ``<width x T>``, so ``W`` adjacent lanes of a topology live in one register and every operation on
 them is one packed instruction with exactly IEEE semantics per lane (no reassociation, no
 contraction: the FMA-free arithmetic of the scalar rules is kept).
@@ -250,6 +250,12 @@ def _vector_negation(vector):
         return lambda vector: _negate(vector)
 
 
+def _borrow(context, builder, array_type, value):
+    view = context.make_array(array_type)(context, builder, value)
+    view.meminfo = cgutils.get_null_value(view.meminfo.type)
+    return view._getvalue()
+
+
 @intrinsic
 def borrowed(typingctx, array):
     """``array`` without its reference count (a NULL meminfo): views taken from it cost no atomic
@@ -260,11 +266,24 @@ def borrowed(typingctx, array):
         return None
 
     def codegen(context, builder, signature, arguments):
-        view = context.make_array(array)(context, builder, arguments[0])
-        view.meminfo = cgutils.get_null_value(view.meminfo.type)
-        return view._getvalue()
+        return _borrow(context, builder, array, arguments[0])
 
     return array(array), codegen
+
+
+@intrinsic
+def borrowed_tuple(typingctx, arrays):
+    """A tuple (or namedtuple) of arrays with every array ``borrowed``."""
+    if not (isinstance(arrays, types.BaseTuple)
+            and all(isinstance(member, types.Array) for member in arrays)):
+        return None
+
+    def codegen(context, builder, signature, arguments):
+        members = [_borrow(context, builder, member, builder.extract_value(arguments[0], index))
+                   for index, member in enumerate(arrays)]
+        return context.make_tuple(builder, arrays, members)
+
+    return arrays(arrays), codegen
 
 
 @intrinsic(prefer_literal=True)

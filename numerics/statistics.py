@@ -5,7 +5,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from . import algorithms, precision, subsets
+from . import algorithms, plan, precision, subsets
 from . import topology as topologies
 
 DEVICES = ("cpu", "cuda")
@@ -81,7 +81,7 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     if isinstance(ddof, bool) or ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
     if acc_dtype is None:
-        acc_format = "float64" if input_format == "float64" else "float32"
+        acc_format = plan.default_acc_format(input_format)
     else:
         acc_format = precision.format_name(acc_dtype, "acc_dtype")
     resolved_topology = topologies.resolve(topology)
@@ -111,14 +111,11 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
         warnings.warn(f"degrees of freedom <= 0: each group has {view.group_size} element(s) and "
                       f"ddof={ddof}; the variance is NaN", RuntimeWarning, stacklevel=2)
     if not isinstance(means, np.ndarray):
-        # device arrays in, device arrays out, in the compute dtype (chained work, no copy back);
-        # the GPU kernels already wrote NaN where n - ddof <= 0
+        # device arrays in, device arrays out, in the compute dtype (chained work, no copy back)
         mean = means.reshape(view.stats_shape)
         var = (gpu.clamped(variances) if clamp else variances).reshape(view.stats_shape)
     else:
-        report_overflow(x4, means, variances, kernel_format)
-        if view.group_size - ddof <= 0:
-            variances[:] = np.nan
+        report_overflow(x4, means, variances, kernel_format, view.group_size - ddof > 0)
         if clamp:
             variances = np.maximum(variances, 0)  # NaN stays NaN
         output_dtype = precision.NUMPY_DTYPES[acc_format]
@@ -172,11 +169,13 @@ def kernel_input_of(x, input_format, acc_format):
     return x, input_format
 
 
-def report_overflow(x4, means, variances, input_format):
+def report_overflow(x4, means, variances, input_format, variance_defined):
     """Warn when a group of finite inputs produced a non-finite statistic: the accumulator
     overflowed (squares of float16 data past 65504, say). The value stays Inf/NaN, never a finite
-    wrong number."""
-    suspects = np.flatnonzero(~(np.isfinite(means) & np.isfinite(variances)))
+    wrong number. Without ``variance_defined`` (n - ddof <= 0) the variance is NaN by definition
+    and only the means are checked."""
+    finite = np.isfinite(means) & (np.isfinite(variances) if variance_defined else True)
+    suspects = np.flatnonzero(~finite)
     if suspects.size == 0 or not isinstance(x4, np.ndarray):
         return
     values = x4

@@ -1,15 +1,27 @@
-"""The only module that decorates: the plain scalar functions of algorithms.py, precision.py and
-topology.py compiled for each target (ARCHITECTURE.md section 2).
+"""The only module that decorates: the plain functions of algorithms.py, precision.py and
+topology.py made callable from compiled code, and the rule contexts of the kernels
+(docs/architecture.md section 2).
 
-A helper shared by CPU and GPU code must be compiled for each target separately: undecorated, it
-fails under njit and under real NVVM (while passing in the CUDA simulator), so every function is
-wrapped as ``njit(inline='always')`` for the CPU and ``cuda.jit(device=True, inline='always')`` for
-the GPU. No fastmath anywhere: reassociation rewrites ordered and compensated reductions
-(ARCHITECTURE.md trap 3).
+A rule of algorithms.py takes a context as its first argument (``ctx.rnd``, ``ctx.mul_add``,
+``ctx.push``...). In plain Python the context is algorithms.Arithmetic; in a kernel it is a value
+of a numba *type* that names the specialization: ``CpuContext`` (rule family, input format,
+accumulator format, vector or scalar path) and ``GpuContext`` (the same with the FMA mode instead
+of the path). Its methods are ``numba.extending.overload_method`` implementations chosen from the
+type, so every compiled function that receives a context is named (mangled) after its
+specialization: two formats never share a compiled name, and numba's own ``cache=True`` keys the
+disk cache on the kernel's argument types (numerics.cache).
+
+No fastmath anywhere: reassociation rewrites ordered and compensated reductions
+(docs/architecture.md trap 3).
 """
 import functools
+from dataclasses import dataclass
 
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import (NativeValue, models, overload_method, register_jitable,
+                             register_model, typeof_impl, unbox)
 
 from . import algorithms, precision, topology
 
@@ -27,125 +39,273 @@ ROUNDERS = {
     "float64": precision.identity,
 }
 
+#: the plain functions that compiled code calls by name
+JITABLE = (algorithms.RULE_FUNCTIONS + tuple(INPUT_DECODERS.values())
+           + (precision.round_float32_to_float16, precision.round_float32_to_bfloat16,
+              topology.merge_lanes, topology.merge_blocks))
 
-def scalar_functions(decorate, input_format, acc_format, products=None):
-    """Every scalar function a kernel needs for one (input format, accumulator format), each passed
-    through ``decorate``. ``products(compute_type, rnd)`` returns plain ``(mul, mul_add)`` functions
-    that replace the two-rounding ones of algorithms.arithmetic (a GPU build: products the compiler
-    may not contract, or fused multiply-adds, ARCHITECTURE.md trap 2); the CPU never fuses."""
-    compute_type = precision.COMPUTE_DTYPES[acc_format].type
-    rnd = decorate(ROUNDERS[acc_format])
-    decode = decorate(INPUT_DECODERS[input_format])
-    to_acc, mul, mul_add = algorithms.arithmetic(compute_type, rnd)
-    if products is not None:
-        mul, mul_add = products(compute_type, rnd)
-    to_acc, mul, mul_add = decorate(to_acc), decorate(mul), decorate(mul_add)
-    functions = algorithms.rules(to_acc, rnd, mul, mul_add, compile=decorate)
-
-    def load(raw):
-        return to_acc(decode(raw))
-
-    functions.update(load=decorate(load), to_acc=to_acc, rnd=rnd)
-    for family in (algorithms.CENTERED_SUMS, algorithms.WELFORD_UPDATES, algorithms.CHAN_UPDATES):
-        merge = functions[algorithms.push_and_merge(family)[1]]
-        functions[f"merge_lanes_{family}"] = decorate(topology.lane_merger(merge))
-        functions[f"merge_blocks_{family}"] = decorate(topology.block_merger(merge))
-    return functions
+for _function in JITABLE:
+    register_jitable(_function)
 
 
-def cpu_inline(function):
-    from numba import njit
-    return njit(function)
+def compute_type_of(acc_format):
+    """The numpy scalar type a kernel computes in for an accumulator format."""
+    return precision.COMPUTE_DTYPES[acc_format].type
 
 
-def specialized(function, tag):
-    """``function`` with ``tag`` appended to its qualname. Numba names compiled code after the
-    qualname plus a per-process counter and links each callee into every library that calls it
-    under that name; closures built by one factory for several formats share qualname and often
-    signature (float16 and bfloat16 accumulators both compute in float32), so a kernel loaded from
-    the disk cache could resolve a callee to another format's code compiled in this process
-    (reproduced: acc_dtype="float16" then returned bfloat16 results). Every CPU closure carries
-    its specialization in its name."""
-    function.__qualname__ = f"{function.__qualname__}__{tag}"
-    return function
+# ---- CPU ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CpuContext:
+    """What a CPU kernel is specialised for: passed as an argument, its numba type (CpuContextType)
+    carries every field."""
+    family: str
+    input_format: str
+    acc_format: str
+    vectorized: bool
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_scalar_functions(input_format, acc_format):
-    """The scalar functions compiled for the CPU (numba.njit, inlined into the kernels)."""
-    def decorate(function):
-        return cpu_inline(specialized(function, f"{input_format}_{acc_format}"))
-
-    return scalar_functions(decorate, input_format, acc_format)
-
-
-def cpu_kernel(function):
-    """A CPU driver: run on fixed ranges of work units by the threads of numerics.cpu (it releases
-    the GIL), cached on disk (numerics.cache keys the cache on the package sources,
-    ARCHITECTURE.md trap 5)."""
-    from numba import njit
-    return njit(cache=True, nogil=True)(function)
+class CpuContextType(types.Type):
+    def __init__(self, family, input_format, acc_format, vectorized):
+        self.family = family
+        self.input_format = input_format
+        self.acc_format = acc_format
+        self.vectorized = vectorized
+        path = "simd" if vectorized else "scalar"
+        super().__init__(name=f"CpuContext({family}, {input_format}, {acc_format}, {path})")
 
 
-def cpu_serial(function):
-    from numba import njit
-    return njit(cache=True)(function)
+@dataclass(frozen=True)
+class Mode:
+    """What a pass of the CPU unit kernels computes (a compile-time choice, so that each
+    specialization streams with one loop; numerics.cpu)."""
+    name: str
 
 
-# ---- GPU --------------------------------------------------------------------------------------
+class ModeType(types.Type):
+    def __init__(self, name):
+        self.mode = name
+        super().__init__(name=f"Mode({name})")
 
-#: how a GPU build treats ``c + a*b`` (ARCHITECTURE.md trap 2): "separate" rounds the product and
-#: the sum apart, exactly as the CPU does; "fused" rounds once, with an FMA at every mul_add site.
+
+@typeof_impl.register(CpuContext)
+def _typeof_cpu_context(context, _):
+    return CpuContextType(context.family, context.input_format, context.acc_format,
+                          context.vectorized)
+
+
+@typeof_impl.register(Mode)
+def _typeof_mode(mode, _):
+    return ModeType(mode.name)
+
+
+# markers carry nothing at run time: an opaque pointer, always null
+register_model(CpuContextType)(models.OpaqueModel)
+register_model(ModeType)(models.OpaqueModel)
+
+
+@unbox(CpuContextType)
+@unbox(ModeType)
+def _unbox_marker(typ, obj, c):
+    return NativeValue(cgutils.get_null_value(c.context.get_value_type(typ)))
+
+
+def _define_arithmetic(context_type, arithmetic, overload_method):
+    """The methods of a context type, with the target's ``overload_method``: ``arithmetic(ctx)``
+    returns the implementations of ``rnd``, ``to_acc``, ``load``, ``mul`` and ``mul_add`` for a
+    context type; ``push`` and ``merge`` are the family's rules (algorithms.FAMILY_RULES). Not
+    inlined by numba (``inline="always"``): that gave wrong results in the rows kernel (seen with
+    numba 0.68), and LLVM inlines these small functions anyway."""
+    @overload_method(context_type, "rnd")
+    def _rnd(ctx, value):
+        return arithmetic(ctx)["rnd"]
+
+    @overload_method(context_type, "to_acc")
+    def _to_acc(ctx, value):
+        return arithmetic(ctx)["to_acc"]
+
+    @overload_method(context_type, "load")
+    def _load(ctx, raw):
+        return arithmetic(ctx)["load"]
+
+    @overload_method(context_type, "mul")
+    def _mul(ctx, a, b):
+        return arithmetic(ctx)["mul"]
+
+    @overload_method(context_type, "mul_add")
+    def _mul_add(ctx, a, b, c):
+        return arithmetic(ctx)["mul_add"]
+
+    @overload_method(context_type, "push")
+    def _push(ctx, count, center, first, second, x):
+        push = algorithms.FAMILY_RULES[ctx.family][0]
+        return lambda ctx, count, center, first, second, x: push(ctx, count, center, first,
+                                                                 second, x)
+
+    @overload_method(context_type, "merge")
+    def _merge(ctx, count_a, first_a, second_a, count_b, first_b, second_b):
+        merge = algorithms.FAMILY_RULES[ctx.family][1]
+        return (lambda ctx, count_a, first_a, second_a, count_b, first_b, second_b:
+                merge(ctx, count_a, first_a, second_a, count_b, first_b, second_b))
+
+
+def rounded_arithmetic(ctx, product):
+    """The implementations of an arithmetic whose every result goes through the format's
+    rounding, ``product(a, b)`` being the target's product and a multiply-add two roundings."""
+    rounder, decode = ROUNDERS[ctx.acc_format], INPUT_DECODERS[ctx.input_format]
+    compute_type = compute_type_of(ctx.acc_format)
+
+    def mul_add(ctx, a, b, c):
+        return rounder(rounder(product(a, b)) + c)
+
+    return {"rnd": lambda ctx, value: rounder(value),
+            "to_acc": lambda ctx, value: rounder(compute_type(value)),
+            "load": lambda ctx, raw: rounder(compute_type(decode(raw))),
+            "mul": lambda ctx, a, b: rounder(product(a, b)),
+            "mul_add": mul_add}
+
+
+def _multiply(a, b):
+    return a * b
+
+
+register_jitable(_multiply)
+
+
+def cpu_arithmetic(ctx):
+    """The CPU's arithmetic: two roundings per multiply-add, never fused (docs/architecture.md
+    trap 2; without fastmath numba's ``a * b + c`` is two IEEE operations). float32 and float64
+    accumulators round by themselves: their methods are plain operations."""
+    if ctx.acc_format in ("float16", "bfloat16"):
+        return rounded_arithmetic(ctx, _multiply)
+    compute_type = compute_type_of(ctx.acc_format)
+    if ctx.input_format in ("float16", "bfloat16"):
+        decode = INPUT_DECODERS[ctx.input_format]
+        load = lambda ctx, raw: compute_type(decode(raw))  # noqa: E731
+    else:
+        load = lambda ctx, raw: compute_type(raw)  # noqa: E731
+    return {"rnd": lambda ctx, value: value,
+            "to_acc": lambda ctx, value: compute_type(value),
+            "load": load,
+            "mul": lambda ctx, a, b: a * b,
+            "mul_add": lambda ctx, a, b, c: a * b + c}
+
+
+_define_arithmetic(CpuContextType, cpu_arithmetic, overload_method)
+
+
+# ---- GPU ------------------------------------------------------------------------------------------
+
+#: how a GPU build treats ``c + a*b`` (docs/architecture.md trap 2): "separate" rounds the product
+#: and the sum apart, exactly as the CPU does; "fused" rounds once, with an FMA at every mul_add site.
 FMA_MODES = ("separate", "fused")
 
 
-def gpu_products(fma):
-    """``products`` for scalar_functions on the GPU. NVVM contracts a plain ``a*b + c`` into an FMA
-    even without fastmath, so every product goes through libdevice's ``fmul_rn``/``dmul_rn``: a
-    multiply with an explicit rounding mode, which neither NVVM nor ptxas fuses. Only "fused"
-    writes FMAs (``cuda.fma``), at the mul_add sites and nowhere else.
+class GpuContext:
+    """The rule context of the GPU kernels: a constant of their closures. Compiled for a GPU it
+    is a value of a numba-cuda type naming (family, input format, accumulator format, FMA mode),
+    whose methods are defined by ``register_gpu_types``; in numba-cuda's simulator, which runs
+    kernels as Python, it is this object, whose methods compute what the simulator's arithmetic
+    computes.
 
-    numba-cuda's simulator has no libdevice (its functions are stubs there) and its ``cuda.fma`` is
-    ``a*b + c``: it runs Python arithmetic, which never contracts. There the products are plain
-    Python products, the same correctly rounded operation, and "fused" computes what the
-    simulator's FMA computes, two roundings; only the PTX shows the fusion (numerics.gpu_compile)."""
-    from numba import config, cuda
+    NVVM contracts a plain ``a*b + c`` into an FMA even without fastmath, so on a GPU every product
+    goes through libdevice's ``fmul_rn``/``dmul_rn``: a multiply with an explicit rounding mode,
+    which neither NVVM nor ptxas fuses. Only "fused" writes FMAs (``cuda.fma``), at the mul_add
+    sites and nowhere else. The simulator has no libdevice and its ``cuda.fma`` is ``a*b + c``
+    in Python arithmetic, which never contracts: there the products are plain products, the same
+    correctly rounded operation, and "fused" computes what the simulator's FMA computes, two
+    roundings; only the PTX shows the fusion (numerics.gpu_compile)."""
+
+    def __init__(self, family, input_format, acc_format, fma):
+        if fma not in FMA_MODES:
+            raise ValueError(f"fma must be one of {FMA_MODES}, got {fma!r}")
+        self.family, self.input_format, self.acc_format, self.fma = (family, input_format,
+                                                                      acc_format, fma)
+        self.compute_type = compute_type_of(acc_format)
+
+    def rnd(self, value):
+        return ROUNDERS[self.acc_format](value)
+
+    def to_acc(self, value):
+        return self.rnd(self.compute_type(value))
+
+    def load(self, raw):
+        return self.to_acc(INPUT_DECODERS[self.input_format](raw))
+
+    def mul(self, a, b):
+        return self.rnd(a * b)
+
+    def mul_add(self, a, b, c):
+        if self.fma == "fused":
+            return self.rnd(a * b + c)  # what the simulator's cuda.fma computes
+        return self.rnd(self.rnd(a * b) + c)
+
+    def push(self, count, center, first, second, x):
+        return algorithms.FAMILY_RULES[self.family][0](self, count, center, first, second, x)
+
+    def merge(self, count_a, first_a, second_a, count_b, first_b, second_b):
+        return algorithms.FAMILY_RULES[self.family][1](self, count_a, first_a, second_a, count_b,
+                                                       first_b, second_b)
+
+
+@functools.lru_cache(maxsize=None)
+def register_gpu_types():
+    """Teach numba-cuda the GpuContext type (numba-cuda keeps its own type system and
+    registries): called before the first GPU kernel is built, never in the simulator."""
+    from numba import cuda
     from numba.cuda import libdevice
-    if fma not in FMA_MODES:
-        raise ValueError(f"fma must be one of {FMA_MODES}, got {fma!r}")
-    simulated = config.ENABLE_CUDASIM
+    from numba.cuda import types as cuda_types
+    from numba.cuda.core.imputils import lower_constant
+    from numba.cuda.datamodel import models as cuda_models
+    from numba.cuda.extending import overload_method as cuda_overload_method
+    from numba.cuda.extending import register_jitable as cuda_register_jitable
+    from numba.cuda.extending import register_model as cuda_register_model
+    from numba.cuda.extending import typeof_impl as cuda_typeof_impl
 
-    def products(compute_type, rnd):
-        if simulated:
-            def product(a, b):
-                return a * b
-        else:
-            product = libdevice.fmul_rn if compute_type is np.float32 else libdevice.dmul_rn
+    class GpuContextType(cuda_types.Type):
+        def __init__(self, family, input_format, acc_format, fma):
+            self.family, self.input_format = family, input_format
+            self.acc_format, self.fma = acc_format, fma
+            super().__init__(name=f"GpuContext({family}, {input_format}, {acc_format}, {fma})")
 
-        def mul(a, b):
-            return rnd(product(a, b))
+    @cuda_typeof_impl.register(GpuContext)
+    def _typeof_gpu_context(context, _):
+        return GpuContextType(context.family, context.input_format, context.acc_format,
+                              context.fma)
 
-        if fma == "separate":
-            def mul_add(a, b, c):
-                return rnd(rnd(product(a, b)) + c)
-        elif simulated:
-            def mul_add(a, b, c):
-                return rnd(a * b + c)  # what the simulator's cuda.fma computes
-        else:
-            def mul_add(a, b, c):
-                return rnd(cuda.fma(a, b, c))
-        return mul, mul_add
+    cuda_register_model(GpuContextType)(cuda_models.OpaqueModel)
 
-    return products
+    @lower_constant(GpuContextType)
+    def _constant(context, builder, typ, value):
+        return context.get_dummy_value()
+
+    for function in JITABLE:
+        cuda_register_jitable(function)
+
+    def arithmetic(ctx):
+        product = (libdevice.fmul_rn if compute_type_of(ctx.acc_format) is np.float32
+                   else libdevice.dmul_rn)
+        implementations = rounded_arithmetic(ctx, product)
+        if ctx.fma == "fused":
+            rounder = ROUNDERS[ctx.acc_format]
+
+            def mul_add(ctx, a, b, c):
+                return rounder(cuda.fma(a, b, c))
+
+            implementations["mul_add"] = mul_add
+        return implementations
+
+    _define_arithmetic(GpuContextType, arithmetic, cuda_overload_method)
 
 
 def gpu_inline(function):
     """A GPU device function, inlined into its caller. Undecorated helpers pass in the simulator but
-    fail in real NVVM (ARCHITECTURE.md section 2), so every helper a kernel calls goes through here.
-    The inlining is LLVM's (``forceinline``), not numba's (``inline="always"``): numba's IR inlining
-    copies the callee's IR at every call site and re-types it, which took 10 to 40 s per kernel
-    here; this way each device function is compiled once per signature and NVVM inlines it. The
-    simulator's jit takes no ``forceinline`` (it compiles nothing: device functions are Python calls)."""
+    fail in real NVVM (docs/architecture.md section 2), so every helper a kernel calls goes through
+    here. The inlining is LLVM's (``forceinline``), not numba's (``inline="always"``): numba's IR
+    inlining copies the callee's IR at every call site and re-types it, which took 10 to 40 s per
+    kernel here; this way each device function is compiled once per signature and NVVM inlines it.
+    The simulator's jit takes no ``forceinline`` (it compiles nothing: device functions are Python
+    calls)."""
     from numba import config, cuda
     if config.ENABLE_CUDASIM:
         return cuda.jit(device=True)(function)
@@ -153,13 +313,50 @@ def gpu_inline(function):
 
 
 @functools.lru_cache(maxsize=None)
-def gpu_scalar_functions(input_format, acc_format, fma):
-    """The scalar functions compiled as GPU device functions, with the FMA mode ``fma``."""
-    return scalar_functions(gpu_inline, input_format, acc_format, products=gpu_products(fma))
+def gpu_context(family, input_format, acc_format, fma):
+    """The GpuContext of one specialization, its numba-cuda type registered first."""
+    from numba import config
+    if not config.ENABLE_CUDASIM:
+        register_gpu_types()
+    return GpuContext(family, input_format, acc_format, fma)
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_scalar_functions(family, input_format, acc_format, fma):
+    """The rules of one GPU specialization as device functions over its context: ``push``,
+    ``merge``, ``load``, ``to_acc``, ``rnd``, ``mul``, ``pass_one_mean`` and ``finalize``."""
+    ctx = gpu_context(family, input_format, acc_format, fma)
+
+    def push(count, center, first, second, x):
+        return ctx.push(count, center, first, second, x)
+
+    def merge(count_a, first_a, second_a, count_b, first_b, second_b):
+        return ctx.merge(count_a, first_a, second_a, count_b, first_b, second_b)
+
+    def load(raw):
+        return ctx.load(raw)
+
+    def to_acc(value):
+        return ctx.to_acc(value)
+
+    def rnd(value):
+        return ctx.rnd(value)
+
+    def mul(a, b):
+        return ctx.mul(a, b)
+
+    def pass_one_mean(count, first):
+        return algorithms.pass_one_mean(ctx, count, first)
+
+    def finalize(algorithm, count, center, first, second, ddof):
+        return algorithms.finalize(ctx, algorithm, count, center, first, second, ddof)
+
+    return {function.__name__: gpu_inline(function)
+            for function in (push, merge, load, to_acc, rnd, mul, pass_one_mean, finalize)}
 
 
 def gpu_kernel(function):
-    """A GPU kernel (numba.cuda.jit). No fastmath (ARCHITECTURE.md trap 3): it would also turn on
-    NVVM's FMA contraction and approximate division."""
+    """A GPU kernel (numba.cuda.jit). No fastmath (docs/architecture.md trap 3): it would also turn
+    on NVVM's FMA contraction and approximate division."""
     from numba import cuda
     return cuda.jit(function)

@@ -1,6 +1,7 @@
 """Reduction topologies: the order in which one group's additions happen.
 
-Topology changes rounding, so it is an explicit, recorded parameter (ARCHITECTURE.md section 1).
+Topology changes rounding, so it is an explicit, recorded parameter (docs/architecture.md
+section 1).
 One definition serves the CPU kernels, the GPU kernels and the plain-Python replay:
 
 1. the group's n elements, counted over (reduced_outer, reduced_inner) of the canonical view, are
@@ -71,51 +72,44 @@ def resolve(topology):
                      f"got {topology!r}")
 
 
-# ---- the merge orders, as plain functions over state arrays (compiled by targets.py for the CPU,
-# ---- run as they are by replay.py; the GPU kernels realise the same order with warp shuffles)
+# ---- the merge orders, as plain functions over state arrays and a rule context (algorithms.py;
+# ---- compiled by targets.py for the CPU, run as they are by replay.py; the GPU kernels realise the
+# ---- same order with their threads)
 
-def lane_merger(merge):
-    """``merge_lanes(counts, firsts, seconds, lanes)``: merge lanes 0..lanes-1 of the state arrays in
-    place by the halving tree of step 3 above; the block's state ends in lane 0."""
-
-    def merge_lanes(counts, firsts, seconds, lanes):
-        width = lanes if lanes <= WARP_SIZE else WARP_SIZE
-        segments = lanes // width
-        while True:
-            for segment in range(segments):
-                base = segment * width
-                offset = width // 2
-                while offset >= 1:
-                    for t in range(base, base + offset):
-                        counts[t], firsts[t], seconds[t] = merge(
-                            counts[t], firsts[t], seconds[t],
-                            counts[t + offset], firsts[t + offset], seconds[t + offset])
-                    offset //= 2
-            if segments == 1:
-                return
-            # the warp results move to the front (ascending: none is overwritten before it is read)
-            # and merge by the same halving tree
-            for segment in range(1, segments):
-                counts[segment] = counts[segment * width]
-                firsts[segment] = firsts[segment * width]
-                seconds[segment] = seconds[segment * width]
-            width = segments
-            segments = 1
-
-    return merge_lanes
+def merge_lanes(ctx, counts, firsts, seconds, lanes):
+    """Merge lanes 0..lanes-1 of the state arrays in place by ``ctx.merge`` in the halving tree of
+    step 3 above; the block's state ends in lane 0."""
+    width = lanes if lanes <= WARP_SIZE else WARP_SIZE
+    segments = lanes // width
+    while True:
+        for segment in range(segments):
+            base = segment * width
+            offset = width // 2
+            while offset >= 1:
+                for t in range(base, base + offset):
+                    counts[t], firsts[t], seconds[t] = ctx.merge(
+                        counts[t], firsts[t], seconds[t],
+                        counts[t + offset], firsts[t + offset], seconds[t + offset])
+                offset //= 2
+        if segments == 1:
+            return
+        # the warp results move to the front (ascending: none is overwritten before it is read)
+        # and merge by the same halving tree
+        for segment in range(1, segments):
+            counts[segment] = counts[segment * width]
+            firsts[segment] = firsts[segment * width]
+            seconds[segment] = seconds[segment * width]
+        width = segments
+        segments = 1
 
 
-def block_merger(merge):
-    """``merge_blocks(counts, firsts, seconds, blocks)``: merge the block states in place by the
-    adjacent pairwise tree of step 4 above; the group's state ends in block 0."""
-
-    def merge_blocks(counts, firsts, seconds, blocks):
-        step = 1
-        while step < blocks:
-            for b in range(0, blocks - step, 2 * step):
-                counts[b], firsts[b], seconds[b] = merge(counts[b], firsts[b], seconds[b],
+def merge_blocks(ctx, counts, firsts, seconds, blocks):
+    """Merge the block states in place by ``ctx.merge`` in the adjacent pairwise tree of step 4
+    above; the group's state ends in block 0."""
+    step = 1
+    while step < blocks:
+        for b in range(0, blocks - step, 2 * step):
+            counts[b], firsts[b], seconds[b] = ctx.merge(counts[b], firsts[b], seconds[b],
                                                          counts[b + step], firsts[b + step],
                                                          seconds[b + step])
-            step *= 2
-
-    return merge_blocks
+        step *= 2

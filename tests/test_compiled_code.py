@@ -1,4 +1,4 @@
-"""What the compiler was allowed to do: no kernel may reassociate (ARCHITECTURE.md trap 3: with
+"""What the compiler was allowed to do: no kernel may reassociate (docs/architecture.md trap 3: with
 ``reassoc``/``fast`` flags LLVM turns ordered and compensated reductions into a plain vectorised
 sum), so each compiled CPU function is checked, flags and generated IR. The check runs in a fresh
 process with an empty kernel cache: code loaded from the cache has no IR to inspect."""

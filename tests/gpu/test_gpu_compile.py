@@ -1,4 +1,4 @@
-"""FMA contraction (ARCHITECTURE.md trap 2), read in real PTX: a "separate" build has no fma.rn,
+"""FMA contraction (docs/architecture.md trap 2), read in real PTX: a "separate" build has no fma.rn,
 a "fused" one has it. Compiled in a subprocess, outside the simulator, with the NVVM wheel only
 (the full sweep of every specialization is ``make gpu-compile``). Also the rules by which
 gpu-compile judges a build."""

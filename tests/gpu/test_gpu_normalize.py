@@ -1,6 +1,6 @@
 """normalize on the GPU: bitwise the CPU's output (fma="separate") under the simulator or on a GPU,
 and the elementwise kernel compiled to real PTX: IEEE square root and reciprocal, products that
-are never fused (ARCHITECTURE.md traps 2 and 7)."""
+are never fused (docs/architecture.md traps 2 and 7)."""
 import os
 import subprocess
 import sys

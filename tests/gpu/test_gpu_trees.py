@@ -1,6 +1,6 @@
 """The two parallel merge trees of the GPU kernels (numerics.gpu.lane_tree and block_tree) merge in
-exactly the order of the topology's sequential ones (numerics.topology.lane_merger and
-block_merger), shown with a merge that is neither commutative nor associative, so that the result
+exactly the order of the topology's sequential ones (numerics.topology.merge_lanes and
+merge_blocks), shown with a merge that is neither commutative nor associative, so that the result
 names the whole tree: every pair, and which side of it each operand was on. Real rules often round
 both ways alike on random data; this merge never does."""
 import numpy as np
@@ -16,6 +16,11 @@ pytestmark = requires_kernels
 def ordered_merge(count_a, first_a, second_a, count_b, first_b, second_b):
     # exact in float64 for these sizes: 3 * left + right, and the depth in `second`
     return count_a + count_b, first_a * 3.0 + first_b, max(second_a, second_b) + 1.0
+
+
+class OrderedContext:
+    """A rule context (numerics.algorithms) whose merge is ordered_merge."""
+    merge = staticmethod(ordered_merge)
 
 
 @pytest.mark.parametrize("lanes, sets", [(1, 4), (2, 3), (8, 2), (32, 2), (64, 2), (128, 1),
@@ -43,7 +48,7 @@ def test_the_lane_tree_is_the_topology_lane_tree(lanes, sets):
     cuda.jit(merge_lanes)[1, threads, 0, gpu.shared_bytes(threads, "float64")](lanes, *out)
 
     counts, firsts, seconds = [1] * lanes, [float(lane) for lane in range(lanes)], [0.0] * lanes
-    topology.lane_merger(ordered_merge)(counts, firsts, seconds, lanes)
+    topology.merge_lanes(OrderedContext, counts, firsts, seconds, lanes)
     assert out[0].tolist() == [lanes] * sets
     assert out[1].tolist() == [firsts[0]] * sets
     assert out[2].tolist() == [seconds[0]] * sets
@@ -62,5 +67,5 @@ def test_the_block_tree_is_the_topology_block_tree(units, threads):
     cuda.jit(merge_blocks)[1, threads](units, counts, firsts, seconds)
 
     expected = [1] * units, [float(unit) for unit in range(units)], [0.0] * units
-    topology.block_merger(ordered_merge)(*expected, units)
+    topology.merge_blocks(OrderedContext, *expected, units)
     assert (counts[0], firsts[0], seconds[0]) == (units, expected[1][0], expected[2][0])

@@ -1,0 +1,84 @@
+"""The vector geometry of the CPU kernels and each thread's work arrays (``Scratch``)."""
+from collections import namedtuple
+
+import numpy as np
+from numba.extending import overload
+
+from .. import precision
+
+#: bytes of a SIMD register: 256-bit AVX2 (an AVX-512 machine runs the same code on its ymm halves)
+REGISTER_BYTES = 32
+
+#: one thread's work arrays: the lane states of a batch of units (member_*: unit by unit;
+#: batch_*: lane by lane, for the vectorized lane tree; warp_counts: a unit's vectors of lanes),
+#: one lane tree's states (merge_*) and the rows kernel's lane rows (row_*), its per-column
+#: centers and per-lane counts
+Scratch = namedtuple("Scratch", ["member_counts", "member_firsts", "member_seconds",
+                                 "batch_counts", "batch_firsts", "batch_seconds", "warp_counts",
+                                 "merge_counts", "merge_firsts", "merge_seconds", "row_counts",
+                                 "rows_per_lane", "row_firsts", "row_seconds", "row_centers",
+                                 "lane_counts"])
+
+
+def vector_width(acc_format):
+    return REGISTER_BYTES // precision.COMPUTE_DTYPES[acc_format].itemsize
+
+
+def is_simd(acc_format, lanes):
+    """Whether the vector path runs: accumulators the hardware has (16-bit ones are emulated per
+    operation) and at least one full vector of lanes."""
+    return acc_format in ("float32", "float64") and lanes % vector_width(acc_format) == 0
+
+
+def vectors_in_flight(acc_format):
+    """How many independent vector states one inner loop updates: enough to cover the latency of
+    a push (Welford's chain is subtract, divide, add: about 17 cycles) and to make the sweeps over
+    a block few (a centered sum's chain is one add, but every sweep re-reads the block), few
+    enough that the states (two per vector) stay near the 16 AVX2 registers (docs/architecture.md
+    trap 8)."""
+    return 8 if acc_format == "float32" else 4
+
+
+def width_of(ctx):
+    """Lanes per vector of a CpuContext: 1 on the scalar path (compiled code only)."""
+    return vector_width(ctx.acc_format) if ctx.vectorized else 1
+
+
+@overload(width_of)
+def _width_of(ctx):
+    width = width_of(ctx)
+    return lambda ctx: width
+
+
+def aligned_zeros(shape, dtype, alignment=64):
+    """Zeros whose data starts on an ``alignment``-byte boundary: simd.as_vectors reads them as
+    vectors with aligned loads."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    raw = np.zeros(count * dtype.itemsize + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def new_scratch(lanes, acc_format, lane_rows=1, columns=1):
+    """One thread's Scratch (allocated by the caller, who keeps it alive: the kernels borrow it)."""
+    width = vector_width(acc_format) if is_simd(acc_format, lanes) else 1
+    compute_type = precision.COMPUTE_DTYPES[acc_format]
+    lane_vectors = (width, lanes)
+    return Scratch(
+        member_counts=np.empty(lane_vectors, np.int64),
+        member_firsts=aligned_zeros(lane_vectors, compute_type),
+        member_seconds=aligned_zeros(lane_vectors, compute_type),
+        batch_counts=np.zeros(lanes, np.int64),
+        batch_firsts=aligned_zeros((lanes, width), compute_type),
+        batch_seconds=aligned_zeros((lanes, width), compute_type),
+        warp_counts=np.empty(lanes, np.int64),
+        merge_counts=np.empty(lanes, np.int64),
+        merge_firsts=np.empty(lanes, compute_type),
+        merge_seconds=np.empty(lanes, compute_type),
+        row_counts=np.empty(lane_rows, np.int64),
+        rows_per_lane=np.empty(lane_rows, np.int64),
+        row_firsts=np.empty((lane_rows, columns), compute_type),
+        row_seconds=np.empty((lane_rows, columns), compute_type),
+        row_centers=np.empty(columns, compute_type),
+        lane_counts=np.empty(lanes, np.int64))

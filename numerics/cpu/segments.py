@@ -1,0 +1,234 @@
+"""The ``segments`` kernel: any layout. A group is a sequence of contiguous runs of
+``reduced_inner`` elements; inside each run, full chunks of ``lanes`` elements update the lanes
+side by side (``W`` adjacent lanes of a chunk are one vector on the vector path).
+
+A unit is one block of one group (unit = group * blocks + block index). A batch of consecutive
+units whose lanes hold the same counts runs the lane tree together, the ``W`` units side by side
+in a vector (numerics.cpu.streaming.merge_batch).
+"""
+import numba
+from numba.extending import overload
+
+from .. import algorithms, cache, simd
+from ..topology import WARP_SIZE, merge_blocks, merge_lanes
+from .scratch import vectors_in_flight, width_of
+from .streaming import merge_batch, push_in_mode, stream_vectors
+
+#: two-pass rules: groups whose two passes run back to back, about this many input bytes at a
+#: time (a share of the core's L2; larger groups go one by one, pass 2 then comes from L3)
+FUSED_BYTES = 256 * 1024
+
+
+def stream_chunks(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+    """``chunks`` full chunks of ``lanes`` elements from ``row[j]`` into the lane states."""
+    raise NotImplementedError("stream_chunks runs in compiled code only")
+
+
+@overload(stream_chunks)
+def _stream_chunks(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+    if ctx.vectorized:
+        in_flight = vectors_in_flight(ctx.acc_format)
+        width = width_of(ctx)
+
+        def run(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+            # sweep by sweep (the vectors in flight, whose states fit in registers) over all the
+            # chunks of the run; the run stays in L1/L2 between sweeps
+            wide = in_flight * width
+            if lanes % wide == 0:
+                for base in range(0, lanes, wide):
+                    stream_vectors(ctx, mode, in_flight, row, j + base, lanes, chunks, count,
+                                   center, firsts, seconds, base)
+            else:
+                for base in range(0, lanes, width):
+                    stream_vectors(ctx, mode, 1, row, j + base, lanes, chunks, count, center,
+                                   firsts, seconds, base)
+        return run
+
+    def run(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+        for chunk in range(chunks):
+            offset = j + chunk * lanes
+            for lane in range(lanes):
+                firsts[lane], seconds[lane] = push_in_mode(ctx, mode, count + chunk, center,
+                                                           firsts[lane], seconds[lane],
+                                                           ctx.load(row[offset + lane]))
+    return run
+
+
+@numba.njit
+def block_lanes(ctx, mode, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds):
+    """The lane states of elements start..stop-1 of group (k1, k2)."""
+    reduced_inner = x4.shape[3]
+    zero = ctx.to_acc(0)
+    for lane in range(lanes):
+        counts[lane] = 0
+        firsts[lane] = zero
+        seconds[lane] = zero
+    i = start
+    while i < stop:
+        p = i // reduced_inner
+        q = i - p * reduced_inner
+        end = q + min(reduced_inner - q, stop - i)
+        row = x4[k1, p, k2]
+        lane = (i - start) % lanes
+        j = q
+        while j < end and lane != 0:
+            counts[lane], firsts[lane], seconds[lane] = ctx.push(counts[lane], center, firsts[lane],
+                                                                 seconds[lane], ctx.load(row[j]))
+            lane = lane + 1 if lane + 1 < lanes else 0
+            j += 1
+        chunks = (end - j) // lanes
+        if chunks > 0:
+            # lane 0 is next: every lane holds the same count
+            stream_chunks(ctx, mode, row, j, chunks, counts[0], center, lanes, firsts, seconds)
+            for lane in range(lanes):
+                counts[lane] += chunks
+            j += chunks * lanes
+        lane = 0
+        while j < end:
+            counts[lane], firsts[lane], seconds[lane] = ctx.push(counts[lane], center, firsts[lane],
+                                                                 seconds[lane], ctx.load(row[j]))
+            lane += 1
+            j += 1
+        i = i + end - q
+
+
+def fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
+    """The first levels of the lane tree of one unit whose lanes hold equal counts, in place, on
+    the vector path: inside a warp, the halving tree's levels with offsets >= width pair lane
+    v*width + i with lane (v + offset/width)*width + i, which is the same halving tree over the
+    warp's vectors of lanes. Returns the count of each lane that still carries a state (lanes
+    base..base+width-1 of every warp), or -1 when nothing was folded."""
+    raise NotImplementedError("fold_vectors runs in compiled code only")
+
+
+@overload(fold_vectors)
+def _fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
+    if not ctx.vectorized:
+        return lambda ctx, counts, firsts, seconds, lanes, warp_counts: -1
+    width = width_of(ctx)
+
+    def fold(ctx, counts, firsts, seconds, lanes, warp_counts):
+        warp_lanes = min(lanes, WARP_SIZE)
+        warp_vectors = warp_lanes // width
+        if warp_vectors == 1 or counts[0] != counts[lanes - 1]:
+            return -1
+        for base in range(0, lanes, warp_lanes):
+            warp_counts[:warp_vectors] = counts[0]
+            merge_lanes(ctx, warp_counts, simd.as_vectors(firsts[base:base + warp_lanes], width),
+                        simd.as_vectors(seconds[base:base + warp_lanes], width), warp_vectors)
+        return warp_counts[0]
+    return fold
+
+
+@numba.njit
+def gather_member(folded, w, lanes, width, member_firsts, member_seconds, batch_firsts,
+                  batch_seconds):
+    """Lane states of member ``w`` into column w of the batch: only the lanes that still carry a
+    state when the unit was folded (fold_vectors), every lane otherwise."""
+    warp_lanes = min(lanes, WARP_SIZE)
+    if folded >= 0:
+        for base in range(0, lanes, warp_lanes):
+            for t in range(base, base + width):
+                batch_firsts[t, w] = member_firsts[w, t]
+                batch_seconds[t, w] = member_seconds[w, t]
+    else:
+        for t in range(lanes):
+            batch_firsts[t, w] = member_firsts[w, t]
+            batch_seconds[t, w] = member_seconds[w, t]
+
+
+@cache.cached(nogil=True)
+def segment_units(ctx, mode, x4, centers, lanes, block, unit_lo, unit_hi, scratch, unit_counts,
+                  unit_firsts, unit_seconds):
+    """Block states of units unit_lo..unit_hi-1 (unit = group * blocks + block index)."""
+    # borrowed: the caller keeps every array alive (simd.borrowed)
+    x4, centers, scratch = simd.borrowed(x4), simd.borrowed(centers), simd.borrowed_tuple(scratch)
+    unit_counts, unit_firsts = simd.borrowed(unit_counts), simd.borrowed(unit_firsts)
+    unit_seconds = simd.borrowed(unit_seconds)
+    width = width_of(ctx)
+    kept_inner = x4.shape[2]
+    size = x4.shape[1] * x4.shape[3]
+    blocks = (size + block - 1) // block
+    last_length = size - (blocks - 1) * block
+    warp_lanes = min(lanes, WARP_SIZE)
+    # lanes of a folded batch that carry no state hold the merge's identity: count 0 and -0.0
+    # (x + -0.0 == x for every x; Chan's merge returns the other state for count 0), so the whole
+    # lane tree runs over them and changes nothing
+    padded = False
+    # unit = (k1 * kept_inner + k2) * blocks + b, advanced without divisions
+    group = unit_lo // blocks
+    b = unit_lo - group * blocks
+    k1 = group // kept_inner
+    k2 = group - k1 * kept_inner
+    unit = unit_lo
+    while unit < unit_hi:
+        # a batch: consecutive units of one length, whose lanes hold the same counts (a group's
+        # last block may be shorter)
+        length = last_length if b == blocks - 1 else block
+        if blocks == 1:
+            members = min(width, unit_hi - unit)
+        elif b < blocks - 1:
+            members = min(width, unit_hi - unit, blocks - 1 - b)
+        else:
+            members = 1
+        folded = -1
+        for w in range(members):
+            start = b * block
+            block_lanes(ctx, mode, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
+                        scratch.member_counts[w], scratch.member_firsts[w],
+                        scratch.member_seconds[w])
+            b += 1
+            if b == blocks:
+                b = 0
+                k2 += 1
+                if k2 == kept_inner:
+                    k2 = 0
+                    k1 += 1
+            folded = fold_vectors(ctx, scratch.member_counts[w], scratch.member_firsts[w],
+                                  scratch.member_seconds[w], lanes, scratch.warp_counts)
+            if folded >= 0 and not padded:
+                scratch.batch_counts[:] = 0
+                scratch.batch_firsts[:] = -0.0
+                scratch.batch_seconds[:] = -0.0
+            padded = folded >= 0
+            gather_member(folded, w, lanes, width, scratch.member_firsts,
+                          scratch.member_seconds, scratch.batch_firsts, scratch.batch_seconds)
+        if folded >= 0:
+            for base in range(0, lanes, warp_lanes):
+                scratch.batch_counts[base:base + width] = folded
+        else:
+            # a loop, not an array assignment: that would compile numba's shape-mismatch error
+            # message, seconds of compilation (docs/architecture.md, compile time)
+            for t in range(lanes):
+                scratch.batch_counts[t] = scratch.member_counts[0, t]
+        merge_batch(ctx, scratch.batch_counts, scratch.batch_firsts, scratch.batch_seconds,
+                    members, scratch, unit_counts[unit:], unit_firsts[unit:],
+                    unit_seconds[unit:])
+        unit += members
+
+
+@cache.cached(nogil=True)
+def segment_two_pass(ctx, first_only, centered, x4, centers, lanes, block, group_lo, group_hi,
+                     scratch, unit_counts, unit_firsts, unit_seconds):
+    """Both passes of groups group_lo..group_hi-1 (modes ``first_only`` then ``centered``), a few
+    groups at a time (about FUSED_BYTES of input): pass 2 re-reads them right after pass 1, from
+    cache wherever they fit. ``centers`` must hold zeros for these groups; it ends with the pass-1
+    means."""
+    kept_inner = x4.shape[2]
+    size = x4.shape[1] * x4.shape[3]
+    blocks = (size + block - 1) // block
+    step = max(1, FUSED_BYTES // (size * x4.itemsize))
+    for chunk_lo in range(group_lo, group_hi, step):
+        chunk_hi = min(chunk_lo + step, group_hi)
+        segment_units(ctx, first_only, x4, centers, lanes, block, chunk_lo * blocks,
+                      chunk_hi * blocks, scratch, unit_counts, unit_firsts, unit_seconds)
+        for group in range(chunk_lo, chunk_hi):
+            k1 = group // kept_inner
+            k2 = group - k1 * kept_inner
+            first_unit = group * blocks
+            merge_blocks(ctx, unit_counts[first_unit:], unit_firsts[first_unit:],
+                         unit_seconds[first_unit:], blocks)
+            centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
+                                                       unit_firsts[first_unit])
+        segment_units(ctx, centered, x4, centers, lanes, block, chunk_lo * blocks,
+                      chunk_hi * blocks, scratch, unit_counts, unit_firsts, unit_seconds)

@@ -1,0 +1,157 @@
+"""What both CPU kernels share: the pass modes, one push in a mode, vector loads, and the lane
+tree of a batch of units or groups.
+
+Every function here takes the CpuContext (numerics.targets) first, and the implementations are
+chosen from its numba type with ``numba.extending.overload``: a function compiled for one
+specialization is named after it, and the vector width, the vectors in flight and the mode are
+compile-time constants of the code it runs.
+"""
+import numba
+from numba import types
+from numba.extending import overload
+
+from .. import precision, simd
+from ..targets import Mode
+from ..topology import merge_lanes
+from .scratch import vector_width, width_of
+
+#: what a pass computes (the unit kernels' ``mode``, a compile-time type): centered sums around
+#: each group's center; the same with every center zero (the naive rule: the subtraction folds
+#: away); or, for pass 1 of the two-pass rules, zero centers and only the count and the first sum
+#: (the mean needs no more: the second sum is dropped from the code)
+CENTERED, ZERO_CENTER, FIRST_ONLY = Mode("centered"), Mode("zero_center"), Mode("first_only")
+
+
+def push_in_mode(ctx, mode, count, center, first, second, x):
+    """``(first, second)`` after pushing ``x`` in ``mode`` (compiled code only)."""
+    raise NotImplementedError("push_in_mode runs in compiled code only")
+
+
+@overload(push_in_mode)
+def _push_in_mode(ctx, mode, count, center, first, second, x):
+    if mode.mode == CENTERED.name:
+        def push(ctx, mode, count, center, first, second, x):
+            _, first, second = ctx.push(count, center, first, second, x)
+            return first, second
+    elif mode.mode == ZERO_CENTER.name:
+        def push(ctx, mode, count, center, first, second, x):
+            _, first, second = ctx.push(count, ctx.to_acc(0), first, second, x)
+            return first, second
+    else:
+        def push(ctx, mode, count, center, first, second, x):
+            _, first, _ = ctx.push(count, ctx.to_acc(0), first, second, x)
+            return first, second
+    return push
+
+
+def load_vector(ctx, data, j):
+    """Elements j .. j + width - 1 of ``data`` (flat) as a Vector of the compute type."""
+    raise NotImplementedError("load_vector runs in compiled code only")
+
+
+@overload(load_vector)
+def _load_vector(ctx, data, j):
+    width = width_of(ctx)
+    compute_type = precision.COMPUTE_DTYPES[ctx.acc_format].type
+    input_format = ctx.input_format
+    if input_format in ("float16", "bfloat16"):
+        return lambda ctx, data, j: simd.convert(simd.decode(simd.load(data, j, width),
+                                                             input_format), compute_type)
+    return lambda ctx, data, j: simd.convert(simd.load(data, j, width), compute_type)
+
+
+def stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, center, firsts,
+                   seconds, base):
+    """The one streaming loop of both kernels: ``vectors`` adjacent vectors of lane states
+    (``firsts``/``seconds`` from ``base``, each holding ``count`` elements on entry; a
+    compile-time count, so that the states live in registers) take, at step k = 0..steps-1, the
+    elements ``data[start + k * stride ..]`` (flat, no views: a view in the loop costs a call for
+    its reference count, and a call spills every vector register). ``center`` is a scalar, or an
+    array of centers indexed like the states."""
+    raise NotImplementedError("stream_vectors runs in compiled code only")
+
+
+@overload(stream_vectors, prefer_literal=True)
+def _stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, center, firsts,
+                    seconds, base):
+    if not isinstance(vectors, types.IntegerLiteral):
+        return None
+    count_of_vectors = vectors.literal_value
+    width = width_of(ctx)
+    compute_type = precision.COMPUTE_DTYPES[ctx.acc_format].type
+    if isinstance(center, types.Array):
+        def center_vector(center, index):
+            return simd.load(center, index, width)
+    else:
+        def center_vector(center, index):
+            return center
+    center_vector = numba.njit(center_vector)
+
+    def run(ctx, mode, vectors, data, start, stride, steps, count, center, firsts, seconds,
+            base):
+        centers = simd.stack_vectors(count_of_vectors, width, compute_type)
+        first = simd.stack_vectors(count_of_vectors, width, compute_type)
+        second = simd.stack_vectors(count_of_vectors, width, compute_type)
+        for v in range(count_of_vectors):
+            centers[v] = center_vector(center, base + v * width)
+            first[v] = simd.load(firsts, base + v * width, width)
+            second[v] = simd.load(seconds, base + v * width, width)
+        for k in range(steps):
+            offset = start + k * stride
+            for v in range(count_of_vectors):
+                first[v], second[v] = push_in_mode(ctx, mode, count + k, centers[v], first[v],
+                                                   second[v],
+                                                   load_vector(ctx, data, offset + v * width))
+        for v in range(count_of_vectors):
+            simd.store(firsts, base + v * width, first[v])
+            simd.store(seconds, base + v * width, second[v])
+    return run
+
+
+def merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
+                out_seconds):
+    """The lane tree of ``members`` units or groups at once: ``firsts[t, w]`` is lane t of member
+    w, and every member holds the same counts (``counts[t]``); member w's state goes to
+    ``out_*[w]``."""
+    raise NotImplementedError("merge_batch runs in compiled code only")
+
+
+@overload(merge_batch)
+def _merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
+                 out_seconds):
+    if ctx.vectorized:
+        width = vector_width(ctx.acc_format)
+
+        def merge(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
+                  out_seconds):
+            # the topology's lane tree runs on the rows of firsts/seconds as vectors, in place
+            lanes = counts.shape[0]
+            lane_counts = scratch.merge_counts
+            for t in range(lanes):
+                # not ``lane_counts[:] = counts``: see segments.segment_units
+                lane_counts[t] = counts[t]
+            first = simd.as_vectors(firsts, width)
+            second = simd.as_vectors(seconds, width)
+            merge_lanes(ctx, lane_counts, first, second, lanes)
+            for w in range(members):
+                out_counts[w] = lane_counts[0]
+                out_firsts[w] = simd.extract(first[0], w)
+                out_seconds[w] = simd.extract(second[0], w)
+        return merge
+
+    def merge(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
+              out_seconds):
+        lanes = counts.shape[0]
+        lane_counts, lane_firsts, lane_seconds = (scratch.merge_counts, scratch.merge_firsts,
+                                                  scratch.merge_seconds)
+        for w in range(members):
+            for t in range(lanes):
+                lane_counts[t] = counts[t]
+                lane_firsts[t] = firsts[t, w]
+                lane_seconds[t] = seconds[t, w]
+            merge_lanes(ctx, lane_counts, lane_firsts, lane_seconds, lanes)
+            out_counts[w] = lane_counts[0]
+            out_firsts[w] = lane_firsts[0]
+            out_seconds[w] = lane_seconds[0]
+    return merge
+
