@@ -1,4 +1,6 @@
 """Small helpers shared by the CPU tests."""
+import math
+
 import numpy as np
 
 
@@ -10,3 +12,22 @@ def bit_pattern(values):
 
 def assert_bitwise_equal(actual, expected):
     np.testing.assert_array_equal(bit_pattern(actual), bit_pattern(expected))
+
+
+def explicit_groups(shape, norm, groups, layout):
+    """{statistics index: flat positions of the group's elements}, from each layer's definition
+    on an (N, C, *spatial) or (N, *spatial, C) tensor, independently of subsets.canonical_view."""
+    positions = np.arange(math.prod(shape)).reshape(shape)
+    if layout == "NHWC":
+        positions = np.moveaxis(positions, -1, 1)
+    batch, channels = positions.shape[:2]
+    if norm == "batch":
+        return {(channel,): positions[:, channel] for channel in range(channels)}
+    if norm == "layer":
+        return {(sample,): positions[sample] for sample in range(batch)}
+    if norm == "instance":
+        return {(sample, channel): positions[sample, channel]
+                for sample in range(batch) for channel in range(channels)}
+    width = channels // groups
+    return {(sample, group): positions[sample, group * width:(group + 1) * width]
+            for sample in range(batch) for group in range(groups)}

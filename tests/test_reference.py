@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from numerics import precision, reference
+from tests.helpers import explicit_groups
 
 BIT_DTYPES = {"float16": np.uint16, "bfloat16": np.uint16, "float32": np.uint32, "float64": np.uint64}
 
@@ -99,25 +100,6 @@ def test_moments_agree_with_mpmath_two_pass(name, data):
     with mpmath.workprec(working_bits):
         for value, oracle in ((mean[()], oracle_mean), (var[()], oracle_var)):
             assert abs(value - oracle) <= abs(oracle) * mpmath.mpf(2) ** -250
-
-
-def explicit_groups(shape, norm, groups, layout):
-    """{statistics index: flat positions of the group's elements}, from each layer's definition
-    on an (N, C, *spatial) or (N, *spatial, C) tensor, independently of subsets.canonical_view."""
-    positions = np.arange(math.prod(shape)).reshape(shape)
-    if layout == "NHWC":
-        positions = np.moveaxis(positions, -1, 1)
-    batch, channels = positions.shape[:2]
-    if norm == "batch":
-        return {(channel,): positions[:, channel] for channel in range(channels)}
-    if norm == "layer":
-        return {(sample,): positions[sample] for sample in range(batch)}
-    if norm == "instance":
-        return {(sample, channel): positions[sample, channel]
-                for sample in range(batch) for channel in range(channels)}
-    width = channels // groups
-    return {(sample, group): positions[sample, group * width:(group + 1) * width]
-            for sample in range(batch) for group in range(groups)}
 
 
 @st.composite

@@ -12,6 +12,7 @@ import pytest
 from mpmath import libmp
 
 from numerics import reference
+from tests.helpers import explicit_groups
 
 #: every finite float32 (float64) is an integer multiple of 2**-149 (2**-1074)
 SCALES = {np.float32: 2 ** 149, np.float64: 2 ** 1074}
@@ -43,26 +44,13 @@ def rounded(fraction, bits=256):
                                               libmp.round_nearest))
 
 
-def nchw_groups(values, norm, groups, layout):
-    """{statistics index: the group's values}, from each layer's definition (channels moved to
-    axis 1 for NHWC), independently of subsets.canonical_view."""
-    data = np.moveaxis(values, -1, 1) if layout == "NHWC" else values
-    batch, channels = data.shape[:2]
-    if norm == "batch":
-        return {(c,): data[:, c] for c in range(channels)}
-    if norm == "layer":
-        return {(n,): data[n] for n in range(batch)}
-    if norm == "instance":
-        return {(n, c): data[n, c] for n in range(batch) for c in range(channels)}
-    width = channels // groups
-    return {(n, g): data[n, g * width:(g + 1) * width] for n in range(batch) for g in range(groups)}
-
-
 def assert_exact(values, norm=None, groups=None, layout="NCHW", ddof=0):
     """exact_sums and moments of every group equal the oracle's exact sums and their rounding."""
     sums = reference.exact_sums(values, norm, groups=groups, layout=layout)
     mean, var = reference.moments(values, norm, groups=groups, layout=layout, ddof=ddof)
-    expected = nchw_groups(values, norm, groups, layout) if norm else {(): values}
+    expected = ({index: values.reshape(-1)[positions] for index, positions
+                 in explicit_groups(values.shape, norm, groups, layout).items()} if norm
+                else {(): values})
     for index, group_values in expected.items():
         sum_x, sum_x2 = exact_sums(group_values)
         count = group_values.size
