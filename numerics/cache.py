@@ -10,11 +10,14 @@ restored after, so the user's own numba functions keep theirs. The root is $NUME
 else $XDG_CACHE_HOME/numerics, else ~/.cache/numerics.
 
 Numba names a new data file after the first free number in the index it has just read, so two
-processes compiling different signatures of one kernel at once can write the same file, and an
+processes saving different signatures of one kernel at once can write the same file, and an
 index entry then names another signature's machine code. ``call`` holds an exclusive file
-lock, one per kernel module, around the first call of each specialization in a process: a second
-process waits, then finds the first one's code in the index (or compiles its own signature and
-saves it under a number the first one's entries already took).
+lock, one per kernel module, around the first call of each specialization in a process, except
+while numba compiles: numba's documented event API (``numba:compile``, which starts after numba
+looked in the disk cache and ends before it saves there) lets go of the lock for the compilation
+and takes it back for the save. So looking up and saving are serialized between processes, and
+processes compile different specializations side by side (a lock held through the compilation
+made one test worker wait for the other about half the time on a cold cache).
 """
 import contextlib
 import fcntl
@@ -24,6 +27,7 @@ import threading
 from pathlib import Path
 
 import numba
+from numba.core import event
 
 PACKAGE_DIRECTORY = Path(__file__).resolve().parent
 
@@ -78,25 +82,48 @@ _CALLED_GUARD = threading.Lock()
 
 @contextlib.contextmanager
 def module_lock(kernel):
-    """An exclusive lock shared by every process on the cache files of ``kernel``'s module."""
+    """An exclusive lock shared by every process on the cache files of ``kernel``'s module: the
+    open lock file, locked."""
     directory = cache_directory()
     directory.mkdir(parents=True, exist_ok=True)
     name = Path(kernel.py_func.__code__.co_filename).stem
     with open(directory / f"{name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            yield lock
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class UnlockedCompilation(event.Listener):
+    """Lets go of ``lock`` while numba compiles ``kernel`` in this thread, and takes it back
+    before numba saves the result (the end event fires on errors too)."""
+
+    def __init__(self, kernel, lock):
+        self.kernel, self.lock, self.thread = kernel, lock, threading.get_ident()
+
+    def concerns(self, compile_event):
+        return (compile_event.data["dispatcher"] is self.kernel
+                and threading.get_ident() == self.thread)
+
+    def on_start(self, compile_event):
+        if self.concerns(compile_event):
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    def on_end(self, compile_event):
+        if self.concerns(compile_event):
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
 
 
 def call(kernel, key, *arguments):
     """``kernel(*arguments)``. ``key`` names the specialization those arguments select (what
     their numba types depend on); the first call with a key in this process, which loads the
-    kernel from the disk cache or compiles and saves it, holds the kernel module's lock."""
+    kernel from the disk cache or compiles and saves it, holds the kernel module's lock but
+    while it compiles."""
     if (kernel, key) in _CALLED:
         return kernel(*arguments)
-    with _CALLED_GUARD, module_lock(kernel):
-        result = kernel(*arguments)
+    with _CALLED_GUARD, module_lock(kernel) as lock:
+        with event.install_listener("numba:compile", UnlockedCompilation(kernel, lock)):
+            result = kernel(*arguments)
         _CALLED.add((kernel, key))
     return result

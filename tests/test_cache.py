@@ -112,3 +112,48 @@ def test_a_first_call_waits_while_another_process_holds_the_kernels_lock(tmp_pat
         assert waiting_on_a_lock(process.pid), "the first call did not wait for the lock"
         assert not list((cache_root / cache.SOURCE_HASH).rglob("segments.segment_units-*.nbi"))
     assert report(process)["agree"] == [True]
+
+
+
+
+#: the first call of one specialization in a fresh process, with a listener registered before
+#: numerics.cache.call's own, whose end-of-compilation callback therefore runs before the lock is
+#: taken back: it reports whether another open file could take the module's lock at that moment
+LOCK_DURING_COMPILE = textwrap.dedent(r"""
+    import fcntl, json
+    import numpy as np
+    from numba.core import event
+    import numerics
+    from numerics import cache
+    from numerics.cpu import segments
+
+    class Probe(event.Listener):
+        free = []
+
+        def on_start(self, compile_event):
+            pass
+
+        def on_end(self, compile_event):
+            if compile_event.data["dispatcher"] is segments.segment_units:
+                with open(cache.cache_directory() / "segments.lock", "a") as other:
+                    try:
+                        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        fcntl.flock(other, fcntl.LOCK_UN)
+                        self.free.append(True)
+                    except BlockingIOError:
+                        self.free.append(False)
+
+    x = np.random.default_rng(5).normal(4.0, 2.0, (3, 5, 7)).astype(np.float32)
+    with event.install_listener("numba:compile", Probe()):
+        numerics.moments(x, "batch", topology="sequential")
+    print(json.dumps(Probe.free))
+""")
+
+
+def test_the_lock_is_let_go_while_numba_compiles(tmp_path):
+    """Only looking up and saving need the lock (the module docstring): other processes can take
+    it while one compiles, so they compile side by side."""
+    environment = dict(os.environ, NUMERICS_CACHE_DIR=str(tmp_path))
+    completed = subprocess.run([sys.executable, "-c", LOCK_DURING_COMPILE], env=environment,
+                               capture_output=True, text=True, check=True)
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == [True]
