@@ -198,7 +198,7 @@ def segment_units(ctx, mode, x4, centers, lanes, block, unit_lo, unit_hi, scratc
                 scratch.batch_counts[base:base + width] = folded
         else:
             # a loop, not an array assignment: that would compile numba's shape-mismatch error
-            # message, seconds of compilation (docs/architecture.md, compile time)
+            # message, seconds of compilation (docs/architecture.md section 2.7)
             for t in range(lanes):
                 scratch.batch_counts[t] = scratch.member_counts[0, t]
         merge_batch(ctx, scratch.batch_counts, scratch.batch_firsts, scratch.batch_seconds,
