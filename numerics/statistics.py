@@ -131,9 +131,12 @@ class CheckedCall:
     def record(self, kernel, details):
         """The Run of a call that ran ``kernel`` with ``details`` (immutable: calls share it)."""
         key = (kernel, tuple(details))
-        run = self.records.get(key)
+        try:
+            run = self.records.get(key)
+        except TypeError:  # a detail that cannot be a key: a record of its own
+            return Run(*self.fields, *key)
         if run is None:
-            run = self.records.setdefault(key, Run(*self.fields, kernel, key[1]))
+            run = self.records.setdefault(key, Run(*self.fields, *key))
         return run
 
 
