@@ -1,7 +1,10 @@
 """``moments``: the mean and variance of every normalization group, by a chosen rule, topology,
 precision and Bessel correction, with a record of what ran."""
+import functools
+import sys
 import warnings
 from dataclasses import dataclass, asdict
+from math import prod
 
 import numpy as np
 
@@ -72,10 +75,92 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     finite input overflows the accumulator gets a non-finite statistic and a RuntimeWarning.
     """
     x = as_array(x)
-    input_format = precision.format_name(x.dtype, "x")
-    view = subsets.canonical_view(x.shape, norm, groups, layout)
-    if x.size == 0:
-        raise ValueError(f"x is empty (shape {x.shape}): every group needs at least one element")
+    call = checked_call(x.shape, x.dtype, norm, groups, layout, algorithm, ddof, acc_dtype,
+                        topology, clamp, device)
+    if device == "cpu" and device_options:
+        raise TypeError(f"unexpected keyword arguments for device='cpu': {sorted(device_options)}")
+    if device == "cpu" and is_device_array(x):
+        raise ValueError("x is a device array: pass device='cuda', or copy it to the host first")
+
+    kernel_input, kernel_format = kernel_input_of(x, call.input_format, call.acc_format)
+    x4 = kernel_input.reshape(call.view.view_shape)
+    if device == "cpu":
+        from . import cpu
+        means, variances, kernel, details = cpu.moments(x4, call.view, algorithm, call.topology,
+                                                        ddof, kernel_format, call.acc_format)
+    else:
+        from . import gpu
+        with np.errstate(all="ignore"):
+            means, variances, kernel, details = gpu.moments(x4, call.view, algorithm,
+                                                            call.topology, ddof, kernel_format,
+                                                            call.acc_format, **device_options)
+    if not call.variance_defined:
+        warnings.warn(f"degrees of freedom <= 0: each group has {call.view.group_size} "
+                      f"element(s) and ddof={ddof}; the variance is NaN", RuntimeWarning,
+                      stacklevel=2)
+    stats_shape = call.view.stats_shape
+    if not isinstance(means, np.ndarray):
+        # device arrays in, device arrays out, in the compute dtype (chained work, no copy back)
+        mean = means.reshape(stats_shape)
+        var = (gpu.clamped(variances) if clamp else variances).reshape(stats_shape)
+    else:
+        report_overflow(x4, means, variances, kernel_format, call.variance_defined)
+        if clamp:
+            variances = np.maximum(variances, 0)  # NaN stays NaN
+        # fresh arrays from the kernels: no copy when they are already in the output format
+        mean = means.astype(call.output_dtype, copy=False).reshape(stats_shape)
+        var = variances.astype(call.output_dtype, copy=False).reshape(stats_shape)
+    return Moments(mean, var, call.record(kernel, details))
+
+
+class CheckedCall:
+    """What the arguments of a ``moments`` call decide together with x's shape and dtype, checked:
+    the canonical view, the formats, the topology, and the Run records of the calls made with
+    them (one per kernel and details)."""
+
+    def __init__(self, shape, norm, groups, layout, algorithm, ddof, clamp, device, view,
+                 input_format, acc_format, topology):
+        self.view, self.input_format, self.acc_format = view, input_format, acc_format
+        self.topology = topology
+        self.output_dtype = precision.NUMPY_DTYPES[acc_format]
+        self.variance_defined = view.group_size - ddof > 0
+        self.fields = (algorithm, topology, input_format, acc_format, ddof, clamp, device, norm,
+                       groups, layout, tuple(shape), view.group_size)
+        self.records = {}
+
+    def record(self, kernel, details):
+        """The Run of a call that ran ``kernel`` with ``details`` (immutable: calls share it)."""
+        key = (kernel, tuple(details))
+        try:
+            run = self.records.get(key)
+        except TypeError:  # a detail that cannot be a key: a record of its own
+            return Run(*self.fields, *key)
+        if run is None:
+            run = self.records.setdefault(key, Run(*self.fields, *key))
+        return run
+
+
+def checked_call(shape, dtype, norm, groups, layout, algorithm, ddof, acc_dtype, topology, clamp,
+                 device):
+    """The CheckedCall of these arguments, checked once per distinct combination (arguments of
+    different types are different combinations: ``ddof=True`` is refused where ``ddof=1`` is
+    not). Raises the error naming the first bad argument."""
+    arguments = (shape, dtype, norm, groups, layout, algorithm, ddof, acc_dtype, topology, clamp,
+                 device)
+    try:
+        return _checked_call_cached(*arguments)
+    except TypeError:
+        # an unhashable argument cannot be a cache key (or a check failed): check uncached
+        return _checked_call(*arguments)
+
+
+def _checked_call(shape, dtype, norm, groups, layout, algorithm, ddof, acc_dtype, topology, clamp,
+                  device):
+    input_format = precision.format_name(dtype, "x")
+    view = subsets.canonical_view(shape, norm, groups, layout)
+    if prod(shape) == 0:
+        raise ValueError(f"x is empty (shape {tuple(shape)}): every group needs at least one "
+                         f"element")
     if algorithm not in algorithms.ALGORITHMS:
         raise ValueError(f"algorithm must be one of {tuple(algorithms.ALGORITHMS)}, got {algorithm!r}")
     if isinstance(ddof, bool) or ddof not in (0, 1):
@@ -89,41 +174,11 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
         raise ValueError(f"clamp must be True or False, got {clamp!r}")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "cpu" and device_options:
-        raise TypeError(f"unexpected keyword arguments for device='cpu': {sorted(device_options)}")
-    if device == "cpu" and is_device_array(x):
-        raise ValueError("x is a device array: pass device='cuda', or copy it to the host first")
+    return CheckedCall(shape, norm, groups, layout, algorithm, ddof, clamp, device, view,
+                       input_format, acc_format, resolved_topology)
 
-    kernel_input, kernel_format = kernel_input_of(x, input_format, acc_format)
-    x4 = kernel_input.reshape(view.view_shape)
-    with np.errstate(all="ignore"):
-        if device == "cpu":
-            from . import cpu
-            means, variances, kernel, details = cpu.moments(x4, view, algorithm,
-                                                            resolved_topology, ddof,
-                                                            kernel_format, acc_format)
-        else:
-            from . import gpu
-            means, variances, kernel, details = gpu.moments(x4, view, algorithm, resolved_topology,
-                                                            ddof, kernel_format, acc_format,
-                                                            **device_options)
-    if view.group_size - ddof <= 0:
-        warnings.warn(f"degrees of freedom <= 0: each group has {view.group_size} element(s) and "
-                      f"ddof={ddof}; the variance is NaN", RuntimeWarning, stacklevel=2)
-    if not isinstance(means, np.ndarray):
-        # device arrays in, device arrays out, in the compute dtype (chained work, no copy back)
-        mean = means.reshape(view.stats_shape)
-        var = (gpu.clamped(variances) if clamp else variances).reshape(view.stats_shape)
-    else:
-        report_overflow(x4, means, variances, kernel_format, view.group_size - ddof > 0)
-        if clamp:
-            variances = np.maximum(variances, 0)  # NaN stays NaN
-        output_dtype = precision.NUMPY_DTYPES[acc_format]
-        mean = means.astype(output_dtype).reshape(view.stats_shape)
-        var = variances.astype(output_dtype).reshape(view.stats_shape)
-    run = Run(algorithm, resolved_topology, input_format, acc_format, ddof, clamp, device, norm,
-              groups, layout, tuple(x.shape), view.group_size, kernel, tuple(details))
-    return Moments(mean, var, run)
+
+_checked_call_cached = functools.lru_cache(maxsize=256, typed=True)(_checked_call)
 
 
 def is_device_array(x):
@@ -139,7 +194,6 @@ def as_array(x):
     (numerics.torch_integration; torch is looked up, never imported, so numerics stays torch-free)."""
     if is_device_array(x):
         return x
-    import sys
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
         from .torch_integration import tensor_to_numpy
@@ -174,6 +228,8 @@ def report_overflow(x4, means, variances, input_format, variance_defined):
     overflowed (squares of float16 data past 65504, say). The value stays Inf/NaN, never a finite
     wrong number. Without ``variance_defined`` (n - ddof <= 0) the variance is NaN by definition
     and only the means are checked."""
+    if every_statistic_finite(means, variances, variance_defined):
+        return
     finite = np.isfinite(means) & (np.isfinite(variances) if variance_defined else True)
     suspects = np.flatnonzero(~finite)
     if suspects.size == 0 or not isinstance(x4, np.ndarray):
@@ -191,3 +247,12 @@ def report_overflow(x4, means, variances, input_format, variance_defined):
         warnings.warn(f"the accumulator overflowed in {overflowed.size} group(s) with finite "
                       f"input (first: group {int(overflowed[0])}); their statistics are Inf or NaN",
                       RuntimeWarning, stacklevel=3)
+
+
+def every_statistic_finite(means, variances, variance_defined):
+    """Whether every mean (and every variance, where defined) is finite: the common case, settled
+    in a few numpy calls whatever the number of groups, before any per-group work (no arithmetic
+    on the statistics, so no floating-point warning either)."""
+    return bool(np.logical_and.reduce(np.isfinite(means), axis=None)
+                and (not variance_defined
+                     or np.logical_and.reduce(np.isfinite(variances), axis=None)))

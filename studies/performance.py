@@ -18,6 +18,9 @@ implementations registry (numerics.implementations): numpy's ``mean`` + ``var`` 
 as the registry's ``run`` of an input it has prepared (the framework call alone), with
 ``torch.set_num_threads`` equal to the cell's thread count. The layer calls also write the
 normalized output: that is the price a user pays for PyTorch's statistics.
+
+Latency (the ``latency`` slice): small and mid-sized tensors, where a call's fixed cost shows, are
+timed in cache on one tensor, numerics and the PyTorch calls in turn (``interleaved_medians``).
 """
 import argparse
 import functools
@@ -268,7 +271,89 @@ def cell(cell):
         return [first_call_latency()]
     if cell.slice == "reference":
         return [reference_row(cell.settings["elements"], cell.settings["repetitions"])]
+    if cell.slice == "latency":
+        return latency_cell(cell.settings, cell.seed)
     return timing_cell(cell.settings, cell.seed)
+
+
+# ---- latency: small tensors against PyTorch's layers (issue 12) -------------------------------
+
+#: LayerNorm over (tokens, hidden); GroupNorm (32 groups) and BatchNorm on the stage shapes of
+#: ResNet-50 (C, H, W) at batch 1, 8 and 64
+LATENCY_LAYER_SHAPES = ((8, 768), (512, 1024), (4096, 4096), (16384, 8192))
+RESNET_STAGES = ((256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7))
+RESNET_BATCHES = (1, 8, 64)
+#: the PyTorch layer (implementations registry) whose statistics each subset's call replaces
+LATENCY_LAYERS = {"layer": "torch layer_norm", "group32": "torch group_norm",
+                  "batch": "torch batch_norm"}
+#: the implementations of a latency cell, timed in turn: (column prefix, registry name or None
+#: for numerics)
+LATENCY_COLUMNS = (("numerics", None), ("torch_layer", "layer"), ("torch_var_mean",
+                                                                 "torch.var_mean"))
+
+
+def latency_cases(profile):
+    """(subset label, shape) of every latency cell; smoke: one small tensor per layer."""
+    if profile == "smoke":
+        return (("layer", (8, 768)), ("group32", (1, 2048, 7, 7)), ("batch", (1, 2048, 7, 7)))
+    cases = [("layer", shape) for shape in LATENCY_LAYER_SHAPES]
+    for subset in ("group32", "batch"):
+        cases += [(subset, (batch, *stage)) for batch in RESNET_BATCHES for stage in RESNET_STAGES]
+    return tuple(cases)
+
+
+def latency_calls(x, subset):
+    """The three calls of a latency cell: numerics.moments at its defaults (welford, "blocked"),
+    the registry's prepared PyTorch layer and torch.var_mean over the same groups (each the
+    framework call alone)."""
+    norm, groups = ("group", int(subset[5:])) if subset.startswith("group") else (subset, None)
+    calls = {}
+    for column, name in LATENCY_COLUMNS:
+        if name is None:
+            calls[column] = functools.partial(numerics.moments, x, norm, groups=groups)
+        else:
+            item = implementations.by_name(LATENCY_LAYERS[subset] if name == "layer" else name)
+            calls[column] = functools.partial(item.run, item.prepare(x, norm, groups, "NCHW", "cpu"))
+    return calls
+
+
+def interleaved_medians(calls, seconds):
+    """Median seconds of each call, timed in turn (one call of each, then again) so that all see
+    the same state of the machine; after an untimed first call, as many rounds as fit in about
+    ``seconds`` (at least 5, at most 1000)."""
+    rounds = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    start = time.perf_counter()
+    for name, call in calls.items():
+        begin = time.perf_counter()
+        call()
+        rounds[name].append(time.perf_counter() - begin)
+    count = int(min(1000, max(5, seconds / (time.perf_counter() - start))))
+    for _ in range(count - 1):
+        for name, call in calls.items():
+            begin = time.perf_counter()
+            call()
+            rounds[name].append(time.perf_counter() - begin)
+    return {name: statistics.median(values) for name, values in rounds.items()}, count
+
+
+def latency_cell(settings, seed):
+    """numerics.moments against PyTorch's layer and torch.var_mean on one float32 NCHW tensor,
+    with the cell's thread count for numba and torch alike."""
+    shape = tuple(int(size) for size in settings["shape"].split("x"))
+    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    set_threads(settings["threads"])
+    row = {"table": "performance_latency", "calls": 0, "error": ""}
+    try:
+        medians, row["calls"] = interleaved_medians(latency_calls(x, settings["subset"]),
+                                                    settings["seconds"])
+    except (ImportError, RuntimeError, TypeError, ValueError) as caught:
+        medians, row["error"] = {}, str(caught)[:200]
+    for column, _ in LATENCY_COLUMNS:
+        row[f"{column}_us"] = medians.get(column, float("nan")) * 1e6
+    row["ratio_to_layer"] = row["numerics_us"] / row["torch_layer_us"]
+    return [row]
 
 
 # ---- the report -------------------------------------------------------------------------------
@@ -427,6 +512,35 @@ def gaps_section(frame):
     return "\n".join(lines)
 
 
+def latency_section(frame):
+    """The latency table: every cell's median microseconds, and numerics' time over PyTorch's
+    layer (the target: at most 1)."""
+    if frame is None or frame.empty:
+        return "(not measured)"
+    table = pd.DataFrame({
+        "shape": frame["shape"].str.replace("x", "×"), "layer": frame["subset"],
+        "threads": frame["threads"], "numerics µs": frame["numerics_us"],
+        "PyTorch layer µs": frame["torch_layer_us"],
+        "torch.var_mean µs": frame["torch_var_mean_us"], "ratio": frame["ratio_to_layer"]})
+    microseconds = lambda value: "–" if pd.isna(value) else f"{value:,.1f}"
+    met = (frame["ratio_to_layer"] <= 1).sum()
+    errors = frame.loc[frame["error"] != "", "error"].unique().tolist()
+    lines = [f"`numerics.moments` (welford, topology \"{numerics.DEFAULT_TOPOLOGY}\", float32, "
+             f"NCHW) against the PyTorch layer that computes the same statistics (the registry's "
+             f"native call: `native_layer_norm`, `native_group_norm` with 32 groups, "
+             f"`native_batch_norm` in training) and `torch.var_mean` over the same groups; "
+             f"median of calls taken in turn in the same process, threads set alike for numba "
+             f"and torch. ratio = numerics / PyTorch layer; target ≤ 1. "
+             f"{met} of {len(frame)} cells meet it.",
+             "", report.markdown_table(table, formats={
+                 "numerics µs": microseconds, "PyTorch layer µs": microseconds,
+                 "torch.var_mean µs": microseconds,
+                 "ratio": lambda value: "–" if pd.isna(value) else f"{value:.2f}"})]
+    if errors:
+        lines.append(f"\nErrors: {'; '.join(errors)}")
+    return "\n".join(lines)
+
+
 def report_section(results):
     frame = results.tables["performance"]
     topology = numerics.TOPOLOGIES[numerics.DEFAULT_TOPOLOGY]
@@ -469,7 +583,8 @@ def report_section(results):
   jobs share this machine, so compare shares, not GB/s, between runs
 - Data: `data/performance.parquet`, one row per timed cell (median of
   {frame["repetitions"].iloc[0]} calls on rotating buffers, each call's seconds, the probes before
-  and after); `data/performance_first_call.parquet`, `data/performance_reference.parquet`
+  and after); `data/performance_latency.parquet` (the latency table),
+  `data/performance_first_call.parquet`, `data/performance_reference.parquet`
 
 ## Targets (issue 4)
 
@@ -492,6 +607,10 @@ Share of the read bandwidth (%), float32 input, {frame.threads.max()} threads:
 ## Every precision and thread count
 
 {summary_table(frame)}
+
+## Latency against PyTorch (issue 12)
+
+{latency_section(results.tables.get("performance_latency"))}
 
 ## Exact reference and first call
 
@@ -531,7 +650,14 @@ def grid(profile):
         "layout": LAYOUTS, "subset": tuple(report.subset_label(*subset) for subset in SUBSETS),
         "threads": threads, "implementation": names, "repetitions": (2 if smoke else 5,)},
         keep=keep)
-    return (timings, engine.Slice("first_call", {"process": ("fresh",)}),
+    cases = latency_cases(profile)
+    latency = engine.Slice("latency", {
+        "subset": tuple(dict.fromkeys(subset for subset, _ in cases)),
+        "shape": tuple(dict.fromkeys("x".join(map(str, shape)) for _, shape in cases)),
+        "threads": threads, "seconds": (0.05 if smoke else 0.5,)},
+        keep=lambda settings: (settings["subset"], tuple(
+            int(size) for size in settings["shape"].split("x"))) in cases)
+    return (timings, latency, engine.Slice("first_call", {"process": ("fresh",)}),
             engine.Slice("reference", {"elements": (200_000 if smoke else 10_000_000,),
                                        "repetitions": (2 if smoke else 3,)}))
 
@@ -539,7 +665,8 @@ def grid(profile):
 TIMING_COLUMNS = ("median_seconds", "seconds", "gb_per_s", "read_gb_per_s_before",
                   "read_gb_per_s_after", "share_of_read", *PEER_GROUPS, "speedup_vs_fastest_peer",
                   "import_seconds", "first_call_seconds", "cold_first_call_seconds",
-                  "elements_per_second")
+                  "elements_per_second", "calls", "numerics_us", "torch_layer_us",
+                  "torch_var_mean_us", "ratio_to_layer")
 STUDY = engine.Study("performance", "Performance of the CPU kernels", grid, cell, report_section,
                      seed_factors=("shape",), timing_columns=TIMING_COLUMNS, serial=True,
                      derive=with_peer_ratios)

@@ -19,7 +19,8 @@ def test_smoke_bench_writes_the_report(tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     text = (tmp_path / "performance.md").read_text()
     for heading in ("# Performance of the CPU kernels", "## Targets", "## Peers",
-                    "## Exact reference and first call", "profile: smoke"):
+                    "## Latency against PyTorch", "## Exact reference and first call",
+                    "profile: smoke"):
         assert heading in text
     frame = pd.read_parquet(tmp_path / "data" / "performance.parquet")
     assert {"implementation", "algorithm", "subset", "layout", "threads", "median_seconds",
@@ -28,5 +29,9 @@ def test_smoke_bench_writes_the_report(tmp_path):
     assert {"numpy var float32", "torch.var_mean"} <= set(frame[frame.kind == "peer"].implementation)
     assert (frame["error"] == "").all(), frame.loc[frame["error"] != "", "error"].tolist()
     assert frame.attrs["provenance"]["git_commit"]
+    latency = pd.read_parquet(tmp_path / "data" / "performance_latency.parquet")
+    assert set(latency.threads) == {1, 2} and set(latency.subset) == {"layer", "group32", "batch"}
+    assert (latency["error"] == "").all(), latency["error"].tolist()
+    assert (latency[["numerics_us", "torch_layer_us", "torch_var_mean_us"]] > 0).all().all()
     for name in ("performance_first_call", "performance_reference"):
         assert len(pd.read_parquet(tmp_path / "data" / f"{name}.parquet")) == 1

@@ -23,8 +23,14 @@ a compile-time type too: numba compiles and caches one version per specializatio
 The two-pass rules fuse their passes per owner (a group for segments, a ``kept_outer`` slice for
 rows) when there are enough owners to share among the threads: pass 2 re-reads the owner's data
 right after pass 1, from cache where it fits.
+
+A call's fixed cost is kept small for small tensors: what the view, rule, topology and formats
+decide is computed once (``Geometry``), each call borrows the work arrays a finished call gave
+back, a tensor under THREADED_BYTES runs on the calling thread alone, and the contexts and modes
+carry their numba types (``with_numba_type``), so a kernel call types its arguments in C.
 """
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -39,133 +45,205 @@ from .streaming import CENTERED, FIRST_ONLY, ZERO_CENTER
 
 #: below this many input bytes, one thread does the whole call (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
+#: unit states up to this many bytes are kept for the next call of the same geometry; larger ones
+#: (as many states as elements when groups are tiny) are allocated per call
+KEPT_STATE_BYTES = 1 << 18
+#: work arrays kept per geometry: one set per call running at the same time, up to this many
+KEPT_WORK = 4
+
+
+def with_numba_type(marker):
+    """``marker`` (a context or a mode) carrying its numba type as ``_numba_type_``, the attribute
+    numba's dispatcher reads first when it types an argument: without it every kernel call types
+    each marker by calling ``typeof`` in Python, several microseconds apiece."""
+    object.__setattr__(marker, "_numba_type_", numba.typeof(marker))
+    return marker
 
 
 @functools.lru_cache(maxsize=None)
 def context(family, input_format, acc_format, vectorized):
-    return CpuContext(family, input_format, acc_format, vectorized)
+    return with_numba_type(CpuContext(family, input_format, acc_format, vectorized))
 
 
-_POOL = None
+_POOL, _POOL_WORKERS = None, 0
+_POOL_GUARD = threading.Lock()
 
 
-def run_split(kernel, key, items, leading, make_scratch, outputs, threads):
-    """``kernel(*leading, lo, hi, scratch, *outputs)`` over items 0..items-1 cut into ``threads``
-    contiguous ranges, one per thread, each with its own ``make_scratch()`` (the kernels release
-    the GIL). Which thread runs which range never changes a result: every unit's state is
-    computed and stored on its own. ``key`` names the specialization (numerics.cache.call).
-    Returns how many threads ran."""
-    global _POOL
-    threads = max(1, min(threads, items))
-    if threads == 1:
-        cache.call(kernel, key, *leading, 0, items, make_scratch(), *outputs)
-        return 1
-    if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(max(threads, numba.config.NUMBA_NUM_THREADS),
-                                   thread_name_prefix="numerics-cpu")
+def worker_pool(workers):
+    """The shared thread pool, grown to at least ``workers`` threads."""
+    global _POOL, _POOL_WORKERS
+    with _POOL_GUARD:
+        if _POOL_WORKERS < workers:
+            _POOL_WORKERS = max(workers, numba.config.NUMBA_NUM_THREADS)
+            _POOL = ThreadPoolExecutor(_POOL_WORKERS, thread_name_prefix="numerics-cpu")
+        return _POOL
+
+
+def run_split(kernel, key, items, leading, scratches, outputs):
+    """``kernel(*leading, lo, hi, scratch, *outputs)`` over items 0..items-1 cut into at most
+    ``len(scratches)`` contiguous ranges, one per thread with its own scratch: this thread runs the
+    first range, the pool the others (the kernels release the GIL). Which thread runs which range
+    never changes a result: every unit's state is computed and stored on its own. ``key`` names
+    the specialization (numerics.cache.call). Returns how many threads ran."""
+    threads = max(1, min(len(scratches), items))
     bounds = [items * t // threads for t in range(threads + 1)]
-    scratches = [make_scratch() for _ in range(threads)]
-    # the threads call the kernel directly: an empty range loads it first
-    cache.call(kernel, key, *leading, 0, 0, scratches[0], *outputs)
-    futures = [_POOL.submit(kernel, *leading, bounds[t], bounds[t + 1], scratches[t], *outputs)
-               for t in range(threads)]
-    for future in futures:
-        future.result()
+    futures = ([] if threads == 1 else
+               [worker_pool(threads - 1).submit(cache.call, kernel, key, *leading, bounds[t],
+                                                bounds[t + 1], scratches[t], *outputs)
+                for t in range(1, threads)])
+    try:
+        cache.call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)
+    finally:
+        for future in futures:
+            future.result()
     return threads
 
 
-class CpuTarget:
-    """The CPU kernels as a target of the pass plan (numerics.plan) over one canonical view."""
+class Geometry:
+    """What every call on one canonical view with one rule, topology and pair of formats shares:
+    the kernel and its contexts, how the view is cut into units, and the work arrays (scratch,
+    unit states) of finished calls, lent to the next ones: one call's at a time, so results never
+    alias between calls or threads (numerics.cpu.geometry_of)."""
 
-    def __init__(self, x4, view, rule, topology, input_format, acc_format):
-        self.kernel = kernel_for(view, topology)
+    def __init__(self, view, rule, topology, input_format, acc_format):
+        self.rule, self.view, self.kernel = rule, view, kernel_for(view, topology)
         self.ctx = context(rule.family, input_format, acc_format,
                            is_simd(acc_format, topology.lanes))
         # the serial kernels have no vector path: one build serves every topology
         self.serial_ctx = context(rule.family, input_format, acc_format, False)
         self.compute_type = precision.COMPUTE_DTYPES[acc_format].type
-        self.x4, self.view, self.lanes, self.acc_format = x4, view, topology.lanes, acc_format
+        self.lanes, self.acc_format = topology.lanes, acc_format
         self.block = topology.block_size(view.group_size)
-        self.threads = numba.get_num_threads() if x4.nbytes >= THREADED_BYTES else 1
-        self.ran, self.fused = 1, False
         if self.kernel == ROWS:
-            self.data = x4.reshape(view.kept_outer, view.reduced_outer,
-                                   view.kept_inner * view.reduced_inner)
+            self.data_shape = (view.kept_outer, view.reduced_outer,
+                               view.kept_inner * view.reduced_inner)
             self.blocks = -(-view.reduced_outer // (self.block // view.reduced_inner))
             self.units, self.owners = view.kept_outer * self.blocks, view.kept_outer
-            self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data.shape[2]
+            self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data_shape[2]
             self.units_kernel, self.two_pass_kernel = rows.row_units, rows.row_two_pass
             self.shape = (self.lanes, view.reduced_inner, self.block)
         else:
-            self.data = x4
+            self.data_shape = view.view_shape
             self.blocks = -(-view.group_size // self.block)
             self.units, self.owners = view.group_count * self.blocks, view.group_count
             self.lane_rows, self.columns = 1, 1
             self.units_kernel, self.two_pass_kernel = segments.segment_units, segments.segment_two_pass
             self.shape = (self.lanes, self.block)
-        states = view.group_count * self.blocks
-        self.states = (np.empty(states, np.int64), np.empty(states, self.compute_type),
-                       np.empty(states, self.compute_type))
+        self.state_count = view.group_count * self.blocks
+        state_bytes = self.state_count * (8 + 2 * np.dtype(self.compute_type).itemsize)
+        self.keeps_states = state_bytes <= KEPT_STATE_BYTES
+        self.spare = []
+
+    def borrow_work(self, threads):
+        """``(scratches, states)`` for one call on ``threads`` threads: a finished call's where
+        one is free, new otherwise. list.pop and list.append are atomic, so two calls never get
+        the same arrays."""
+        try:
+            scratches, states = self.spare.pop()
+        except IndexError:
+            scratches, states = [], None
+        while len(scratches) < threads:
+            scratches.append(new_scratch(self.lanes, self.acc_format, self.lane_rows,
+                                         self.columns))
+        if states is None:
+            states = (np.empty(self.state_count, np.int64),
+                      np.empty(self.state_count, self.compute_type),
+                      np.empty(self.state_count, self.compute_type))
+        return scratches, states
+
+    def give_back(self, scratches, states):
+        """The work arrays of a finished call, for the next one (every kernel overwrites what it
+        reads of them: no value carries from one call to the next)."""
+        if len(self.spare) < KEPT_WORK:
+            self.spare.append((scratches, states if self.keeps_states else None))
+
+
+@functools.lru_cache(maxsize=64)
+def geometry_of(view, algorithm, topology, input_format, acc_format):
+    return Geometry(view, algorithms.ALGORITHMS[algorithm], topology, input_format, acc_format)
+
+
+class CpuTarget:
+    """The CPU kernels as a target of the pass plan (numerics.plan): one call's data and work
+    arrays on a Geometry."""
+
+    def __init__(self, geometry, x4, threads):
+        self.geometry, self.x4 = geometry, x4
+        self.data = x4.reshape(geometry.data_shape)
+        self.threads = threads
+        self.scratches, self.states = geometry.borrow_work(threads)
         # what the specialization of a kernel depends on besides the contexts and modes
         self.data_key = (self.data.dtype.str, self.data.flags.writeable)
+        self.ran, self.fused = 1, False
 
-    def new_scratch(self):
-        return new_scratch(self.lanes, self.acc_format, self.lane_rows, self.columns)
+    def release(self):
+        self.geometry.give_back(self.scratches, self.states)
 
     def zero_centers(self):
-        return np.zeros((self.view.kept_outer, self.view.kept_inner), self.compute_type)
+        view = self.geometry.view
+        return np.zeros((view.kept_outer, view.kept_inner), self.geometry.compute_type)
 
     def first_elements(self):
-        centers = np.empty((self.view.kept_outer, self.view.kept_inner), self.compute_type)
-        cache.call(finish.first_elements, (self.serial_ctx,) + self.data_key, self.serial_ctx,
-                   self.x4, centers)
+        geometry = self.geometry
+        centers = np.empty((geometry.view.kept_outer, geometry.view.kept_inner),
+                           geometry.compute_type)
+        cache.call(finish.first_elements, (geometry.serial_ctx,) + self.data_key,
+                   geometry.serial_ctx, self.x4, centers)
         return centers
 
     def reduce(self, mode, centers):
-        mode = MODES[mode]
-        ran = run_split(self.units_kernel, (self.ctx, mode) + self.data_key, self.units,
-                        (self.ctx, mode, self.data, centers, *self.shape), self.new_scratch,
-                        self.states, self.threads)
+        geometry, mode = self.geometry, MODES[mode]
+        ran = run_split(geometry.units_kernel, (geometry.ctx, mode) + self.data_key,
+                        geometry.units, (geometry.ctx, mode, self.data, centers, *geometry.shape),
+                        self.scratches[:self.threads], self.states)
         self.ran = max(self.ran, ran)
 
     def both_passes(self, centers):
         """Both passes fused when every thread can own whole groups (slices): pass 2 re-reads a
         group right after its pass 1, from cache."""
-        owners, threads = self.owners, self.threads
+        geometry, threads, owners = self.geometry, self.threads, self.geometry.owners
         if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
             return None
-        self.ran = run_split(self.two_pass_kernel, (self.ctx,) + self.data_key, owners,
-                             (self.ctx, FIRST_ONLY, CENTERED, self.data, centers, *self.shape),
-                             self.new_scratch, self.states, threads)
+        self.ran = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key, owners,
+                             (geometry.ctx, FIRST_ONLY, CENTERED, self.data, centers,
+                              *geometry.shape), self.scratches[:threads], self.states)
         self.fused = True
         return centers
 
     def pass_one_means(self, centers):
-        cache.call(finish.pass_one_means, (self.serial_ctx,), self.serial_ctx, self.blocks,
-                   *self.states, centers)
+        geometry = self.geometry
+        cache.call(finish.pass_one_means, (geometry.serial_ctx,), geometry.serial_ctx,
+                   geometry.blocks, *self.states, centers)
         return centers
 
     def finalize(self, algorithm, centers, ddof):
-        means = np.empty(self.view.group_count, self.compute_type)
-        variances = np.empty(self.view.group_count, self.compute_type)
-        cache.call(finish.finalize_all, (self.serial_ctx,), self.serial_ctx, algorithm,
-                   self.blocks, *self.states, centers, means, variances, ddof)
+        geometry = self.geometry
+        means = np.empty(geometry.view.group_count, geometry.compute_type)
+        variances = np.empty(geometry.view.group_count, geometry.compute_type)
+        cache.call(finish.finalize_all, (geometry.serial_ctx,), geometry.serial_ctx, algorithm,
+                   geometry.blocks, *self.states, centers, means, variances, ddof)
         return means, variances
 
 
 #: the CPU's compile-time mode of each pass of the plan
-MODES = {plan.PASS_ONE: FIRST_ONLY, plan.CENTERED: CENTERED, plan.ZERO_CENTER: ZERO_CENTER}
+MODES = {plan.PASS_ONE: with_numba_type(FIRST_ONLY), plan.CENTERED: with_numba_type(CENTERED),
+         plan.ZERO_CENTER: with_numba_type(ZERO_CENTER)}
 
 
 def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
     """(means, variances, kernel name, details) of every group of the canonical view ``x4`` (a
     C-contiguous array of shape view.view_shape, 16-bit formats as uint16 bit patterns), in the
-    compute type; details say how many threads ran and whether the two passes were fused."""
-    rule = algorithms.ALGORITHMS[algorithm]
-    target = CpuTarget(x4, view, rule, topology, input_format, acc_format)
-    means, variances = plan.run(rule, target, ddof)
-    return means, variances, target.kernel, (("threads", target.ran),
-                                             ("fused_two_pass", target.fused))
+    compute type, in new arrays; details say how many threads ran and whether the two passes
+    were fused."""
+    geometry = geometry_of(view, algorithm, topology, input_format, acc_format)
+    threads = numba.get_num_threads() if x4.nbytes >= THREADED_BYTES else 1
+    target = CpuTarget(geometry, x4, threads)
+    try:
+        means, variances = plan.run(geometry.rule, target, ddof)
+    finally:
+        target.release()
+    return means, variances, geometry.kernel, (("threads", target.ran),
+                                               ("fused_two_pass", target.fused))
 
 
-__all__ = ["moments", "CpuTarget", "THREADED_BYTES", "SEGMENTS", "ROWS"]
+__all__ = ["moments", "CpuTarget", "Geometry", "THREADED_BYTES", "SEGMENTS", "ROWS"]

@@ -1,5 +1,6 @@
 """The vector geometry of the CPU kernels and each thread's work arrays (``Scratch``)."""
 from collections import namedtuple
+from math import prod
 
 import numpy as np
 from numba.extending import overload
@@ -54,7 +55,7 @@ def aligned_zeros(shape, dtype, alignment=64):
     """Zeros whose data starts on an ``alignment``-byte boundary: simd.as_vectors reads them as
     vectors with aligned loads."""
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
+    count = prod(shape)
     raw = np.zeros(count * dtype.itemsize + alignment, np.uint8)
     offset = -raw.ctypes.data % alignment
     return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)

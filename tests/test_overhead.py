@@ -1,0 +1,125 @@
+"""The per-call path of ``moments`` (docs/architecture.md section 2.5): work arrays reused across
+calls, checked arguments cached, calls from several Python threads at once. Reuse must never show
+in a result: every call gives the bits a first call gives, in arrays of its own."""
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+import numerics
+from numerics import cpu
+from tests.helpers import assert_bitwise_equal
+
+RNG = np.random.default_rng(12)
+#: (shape, norm, groups, layout, topology): the segments kernel with full and partial batches of
+#: units, the rows kernel (channels last), and a tensor large enough for the thread pool
+CASES = [
+    ((8, 768), "layer", None, "NCHW", None),
+    ((3, 16, 5, 7), "group", 4, "NCHW", numerics.Topology(8, 64)),
+    ((4, 6, 5, 8), "batch", None, "NHWC", None),
+    ((8, 64, 24, 24), "batch", None, "NCHW", None),
+]
+
+
+def inputs(shape, count):
+    return [RNG.normal(2.0, 3.0, shape).astype(np.float32) for _ in range(count)]
+
+
+def call(x, case, algorithm="welford"):
+    shape, norm, groups, layout, topology = case
+    return numerics.moments(x, norm, groups=groups, layout=layout, topology=topology,
+                            algorithm=algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ["welford", "two_pass"])
+@pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case[1]}-{case[3]}-{case[0]}")
+def test_reused_work_arrays_never_change_a_result(case, algorithm):
+    """A, B, A again: the third call reads work arrays the second one left dirty and must give
+    the first call's bits; outputs never share memory with an earlier call's."""
+    first_x, second_x = inputs(case[0], 2)
+    first = call(first_x, case, algorithm)
+    kept = (first.mean.copy(), first.var.copy())
+    second = call(second_x, case, algorithm)
+    again = call(first_x, case, algorithm)
+    assert_bitwise_equal(again.mean, kept[0])
+    assert_bitwise_equal(again.var, kept[1])
+    assert_bitwise_equal(first.mean, kept[0])  # the later calls did not write into it
+    for earlier in (first, second):
+        assert not np.shares_memory(again.mean, earlier.mean)
+        assert not np.shares_memory(again.var, earlier.var)
+
+
+def test_threaded_tensor_uses_the_pool_and_matches_one_thread():
+    case = CASES[-1]
+    x = inputs(case[0], 1)[0]
+    assert x.nbytes >= cpu.THREADED_BYTES
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = call(x, case)
+        numba.set_num_threads(2)
+        two = call(x, case)
+    finally:
+        numba.set_num_threads(previous)
+    assert dict(one.run.details)["threads"] == 1
+    assert dict(two.run.details)["threads"] == 2
+    assert_bitwise_equal(two.mean, one.mean)
+    assert_bitwise_equal(two.var, one.var)
+
+
+def test_python_threads_calling_at_once_get_their_own_results():
+    """Four Python threads call moments at the same time, on the same geometries (so they compete
+    for the same kept work arrays) and on different data: each result equals the serial one."""
+    jobs = [(case, x) for case in CASES for x in inputs(case[0], 2)]
+    expected = [call(x, case) for case, x in jobs]
+    start = threading.Barrier(4)
+    failures = []
+
+    def worker(offset):
+        start.wait()
+        for repetition in range(10):
+            for index in range(offset, offset + len(jobs)):
+                case, x = jobs[index % len(jobs)]
+                result = call(x, case)
+                want = expected[index % len(jobs)]
+                if (result.mean.tobytes() != want.mean.tobytes()
+                        or result.var.tobytes() != want.var.tobytes()):
+                    failures.append((offset, repetition, index))
+
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+@pytest.mark.parametrize("good, bad, name", [
+    (dict(ddof=1), dict(ddof=True), "ddof"),
+    (dict(norm="group", groups=2), dict(norm="group", groups=2.0), "groups"),
+    (dict(clamp=True), dict(clamp=1), "clamp"),
+])
+def test_a_checked_combination_never_admits_an_equal_value_of_another_type(good, bad, name):
+    """``True == 1`` and ``2.0 == 2`` in Python: the cache of checked arguments keys on types too."""
+    x = inputs((2, 4, 3, 3), 1)[0]
+    numerics.moments(x, **{"norm": "layer", **good})
+    with pytest.raises(ValueError, match=name):
+        numerics.moments(x, **{"norm": "layer", **bad})
+
+
+def test_unhashable_arguments_are_checked_uncached():
+    x = inputs((2, 4, 3, 3), 1)[0]
+    by_int = numerics.moments(x, "group", groups=2)
+    by_array = numerics.moments(x, "group", groups=np.array(2))
+    assert_bitwise_equal(by_array.var, by_int.var)
+    with pytest.raises(ValueError, match="groups"):
+        numerics.moments(x, "group", groups=[2])
+
+
+def test_repeated_calls_share_one_run_record():
+    x = inputs((8, 768), 1)[0]
+    first, second = numerics.moments(x, "layer"), numerics.moments(x, "layer")
+    assert second.run is first.run
+    assert first.run.shape == (8, 768) and first.run.details == (("threads", 1),
+                                                                  ("fused_two_pass", False))
