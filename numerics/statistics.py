@@ -59,7 +59,9 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
 
     ``norm``: "batch" -> (C,), "layer" -> (N,), "instance" -> (N, C), "group" -> (N, groups); None
     reduces a 1-D array to 0-d results. ``layout`` "NCHW" (channels first) or "NHWC" (channels last),
-    any number of spatial dimensions. ``algorithm``: one of numerics.ALGORITHMS. ``ddof`` 0 or 1,
+    any number of spatial dimensions. ``algorithm``: one of numerics.ALGORITHMS, or
+    numerics.CORRECTLY_ROUNDED ("correctly_rounded": both statistics rounded once from their exact
+    values, numerics.correctly_rounded; ``topology`` and ``clamp`` do not affect it). ``ddof`` 0 or 1,
     applied once at finalization. ``acc_dtype``: float16, bfloat16, float32 or float64 (default
     float64 for float64 input, float32 otherwise); input wider than the accumulator is first rounded
     to it, once. ``topology``: a preset name of numerics.TOPOLOGIES or a numerics.Topology (default
@@ -76,8 +78,10 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     view = subsets.canonical_view(x.shape, norm, groups, layout)
     if x.size == 0:
         raise ValueError(f"x is empty (shape {x.shape}): every group needs at least one element")
-    if algorithm not in algorithms.ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {tuple(algorithms.ALGORITHMS)}, got {algorithm!r}")
+    from .correctly_rounded import CORRECTLY_ROUNDED
+    if algorithm not in (*algorithms.ALGORITHMS, CORRECTLY_ROUNDED):
+        raise ValueError(f"algorithm must be one of {(*algorithms.ALGORITHMS, CORRECTLY_ROUNDED)}, "
+                         f"got {algorithm!r}")
     if isinstance(ddof, bool) or ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
     if acc_dtype is None:
@@ -94,6 +98,13 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     if device == "cpu" and is_device_array(x):
         raise ValueError("x is a device array: pass device='cuda', or copy it to the host first")
 
+    if algorithm == CORRECTLY_ROUNDED:  # rounded once from the exact values: no topology, no clamp
+        from . import correctly_rounded
+        mean, var, kernel, details = correctly_rounded.moments(x, view, ddof, acc_format, device,
+                                                               device_options)
+        return Moments(mean, var, Run(algorithm, resolved_topology, input_format, acc_format, ddof,
+                                      clamp, device, norm, groups, layout, tuple(x.shape),
+                                      view.group_size, kernel, details))
     kernel_input, kernel_format = kernel_input_of(x, input_format, acc_format)
     x4 = kernel_input.reshape(view.view_shape)
     with np.errstate(all="ignore"):

@@ -1,0 +1,313 @@
+"""The "correctly_rounded" algorithm: the mean and variance of every group rounded once, to
+nearest (ties to even), from the exact values of the stored input (docs/architecture.md, section
+4.6).
+
+Two paths, one answer:
+
+- **Fast path** (this module on the CPU, numerics.gpu_correctly_rounded on the GPU). Per group,
+  with c = the group's first element, float64 sums Â = Σ fl(x − c) and B̂ = Σ fl(fl(x − c)²) in a
+  blocked order of summation depth h (at most ``BLOCK`` elements summed in a row, then a pairwise
+  tree of the blocks). A rigorous a-priori bound goes with them (``_fast_bounds``): with γ_k =
+  ku/(1 − ku), u = 2**-53 and η = 2**-1075 (the underflow of a product),
+  Σ fl(x − c)² <= B⁺ = (B̂ + nη)/(1 − γ_{h+1}), Σ|fl(x − c)| <= P⁺ = √(n·B⁺) (Cauchy–Schwarz: no
+  third sum), |Â − Σ(x − c)| <= e_A = (γ_h + 2u)·P⁺, |B̂ − Σ(x − c)²| <= e_B = (γ_{h+1} + 3u)·B⁺ + nη,
+  then the few roundings of mean = c + Â/n and var = (B̂ − Â·(Â/n))/(n − ddof) on top
+  (S = Σ(x − c)² − (Σ(x − c))²/n exactly, for any c). A group is *certified* when both ends of
+  [value − E, value + E], moved outward, round to one output value (reference._certain_rounding):
+  rounding is monotonic, so the exact value rounds to it too. All-finite intervals only.
+- **Exact path** for every other group (near a rounding boundary, ill-conditioned beyond the
+  bound, non-finite, or an output format as wide as the accumulation: float64 output rarely
+  certifies): the exact sums of the group's stored values (reference's integer superaccumulator),
+  the rational mean S1/n and variance (n·S2 − S1²)/(n·(n − ddof)), rounded to the output format by
+  comparing with the exact rounding boundaries (reference._exact_rounding: ties to even,
+  subnormals, overflow to ±inf as IEEE 754 says). No intermediate rounding, so no double rounding.
+
+The reduction topology is irrelevant: the answer does not depend on the order of summation (any
+``topology`` argument is checked and recorded only). The result is the same bits on any thread
+count and device. 16-bit input is widened to float32 on the host first (exact).
+"""
+import math
+import warnings
+from fractions import Fraction
+
+import numba
+import numpy as np
+
+from . import precision, reference
+
+#: the name ``numerics.moments`` takes (not in numerics.ALGORITHMS: it has no topology)
+CORRECTLY_ROUNDED = "correctly_rounded"
+
+#: at most this many consecutive elements (rows, for channels-last groups) of a group are summed
+#: in one block; blocks meet in a pairwise tree. The depth bound is BLOCK + ⌈log2 blocks⌉ + 1.
+BLOCK = 4096
+LANES = 8
+
+_UNIT = 2.0 ** -53
+_UNDERFLOW = 2.0 ** -1075
+#: the bound's own float64 evaluation (a few dozen roundings) and the 1/(1 − u) factors left out
+_BOUND_INFLATION = 1 + 2.0 ** -30
+
+
+# ---- CPU fast path: per-block sums, then a pairwise tree -----------------------------------------
+
+@numba.njit(cache=True)
+def _row_block_sums(x4, shifts, first_item, items_per_group, n):
+    """(Σd, Σd²) with d = x − shift over elements [b·BLOCK, (b + 1)·BLOCK) of a group whose
+    elements run contiguously in rows (reduced_inner > 1); item = group·items_per_group + b.
+    Eight lanes per row run; the tail of a run goes to lane 0."""
+    kept_inner, reduced_inner = x4.shape[2], x4.shape[3]
+    group = first_item // items_per_group
+    outer, inner = group // kept_inner, group % kept_inner
+    shift = shifts[group]
+    start = (first_item % items_per_group) * BLOCK
+    stop = min(start + BLOCK, n)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
+    k = start
+    while k < stop:
+        row_index = k // reduced_inner
+        j = k - row_index * reduced_inner
+        end = min(reduced_inner, j + stop - k)
+        k += end - j
+        row = x4[outer, row_index, inner]
+        while j + LANES <= end:
+            d0 = np.float64(row[j]) - shift
+            d1 = np.float64(row[j + 1]) - shift
+            d2 = np.float64(row[j + 2]) - shift
+            d3 = np.float64(row[j + 3]) - shift
+            d4 = np.float64(row[j + 4]) - shift
+            d5 = np.float64(row[j + 5]) - shift
+            d6 = np.float64(row[j + 6]) - shift
+            d7 = np.float64(row[j + 7]) - shift
+            a0 += d0; a1 += d1; a2 += d2; a3 += d3; a4 += d4; a5 += d5; a6 += d6; a7 += d7  # noqa: E702
+            b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3  # noqa: E702
+            b4 += d4 * d4; b5 += d5 * d5; b6 += d6 * d6; b7 += d7 * d7  # noqa: E702
+            j += LANES
+        while j < end:
+            d0 = np.float64(row[j]) - shift
+            a0 += d0
+            b0 += d0 * d0
+            j += 1
+    return (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)),
+            ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7)))
+
+
+@numba.njit(cache=True, parallel=True)
+def _rows_partials(x4, shifts, items_per_group, first_sums, second_sums):
+    """Block sums of every group whose rows are contiguous: first_sums[group, b] and so on."""
+    n = x4.shape[1] * x4.shape[3]
+    for item in numba.prange(first_sums.size):
+        first, second = _row_block_sums(x4, shifts, item, items_per_group, n)
+        first_sums[item // items_per_group, item % items_per_group] = first
+        second_sums[item // items_per_group, item % items_per_group] = second
+
+
+@numba.njit(cache=True, parallel=True)
+def _columns_partials(x4, shifts, first_sums, second_sums):
+    """Block sums of channels-last groups (reduced_inner == 1): an item is BLOCK rows of one
+    kept_outer index, summed for all its kept_inner groups at once (contiguous, one sequential
+    accumulator per group: the loop over groups vectorises without reassociating anything)."""
+    kept_outer, reduced_outer, kept_inner = x4.shape[0], x4.shape[1], x4.shape[2]
+    blocks = first_sums.shape[1]
+    for item in numba.prange(kept_outer * blocks):
+        outer, block = item // blocks, item % blocks
+        group_base = outer * kept_inner
+        firsts = np.zeros(kept_inner)
+        seconds = np.zeros(kept_inner)
+        for row_index in range(block * BLOCK, min((block + 1) * BLOCK, reduced_outer)):
+            row = x4[outer, row_index]
+            for inner in range(kept_inner):
+                d = np.float64(row[inner, 0]) - shifts[group_base + inner]
+                firsts[inner] += d
+                seconds[inner] += d * d
+        for inner in range(kept_inner):
+            first_sums[group_base + inner, block] = firsts[inner]
+            second_sums[group_base + inner, block] = seconds[inner]
+
+
+@numba.njit(cache=True, parallel=True)
+def pairwise_totals(partials):
+    """Each row of ``partials`` summed by a pairwise tree (depth ⌈log2 columns⌉), in place order
+    fixed by the shape alone: the same bits on any thread count."""
+    rows, columns = partials.shape
+    totals = np.empty(rows)
+    for group in numba.prange(rows):
+        values = partials[group].copy()
+        width = columns
+        while width > 1:
+            half = (width + 1) // 2
+            for index in range(width // 2):
+                values[index] = values[2 * index] + values[2 * index + 1]
+            if width % 2:
+                values[width // 2] = values[width - 1]
+            width = half
+        totals[group] = values[0]
+    return totals
+
+
+def tree_depth(count):
+    """⌈log2 count⌉ for count >= 1: the depth of ``pairwise_totals`` and of a halving tree."""
+    return max(int(count) - 1, 0).bit_length()
+
+
+def cpu_fast_sums(x4):
+    """(shifts, Σd, Σd², depth) per group over a float32/float64 canonical view (C-contiguous):
+    d = x − the group's first element, depth the summation depth of the sums."""
+    kept_outer, reduced_outer, kept_inner, reduced_inner = x4.shape
+    shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
+    groups = kept_outer * kept_inner
+    if reduced_inner == 1:
+        blocks = -(-reduced_outer // BLOCK)
+        first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
+        _columns_partials(x4, shifts, first_sums, second_sums)
+    else:
+        blocks = -(-(reduced_outer * reduced_inner) // BLOCK)
+        first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
+        _rows_partials(x4, shifts, blocks, first_sums, second_sums)
+    depth = BLOCK + tree_depth(LANES) + tree_depth(blocks)
+    return shifts, pairwise_totals(first_sums), pairwise_totals(second_sums), depth
+
+
+# ---- certification (host, shared by the CPU and the GPU) ------------------------------------------
+
+def _gamma(k):
+    return k * _UNIT / (1 - k * _UNIT)
+
+
+def _fast_bounds(n, ddof, depth, shifts, first_sums, second_sums):
+    """(mean, mean_error, var, var_error) per group in float64 from the fast sums, each error a
+    rigorous bound (module docstring; the bound's own evaluation is covered by _BOUND_INFLATION)."""
+    with np.errstate(all="ignore"):
+        second_upper = (second_sums + n * _UNDERFLOW) / (1 - _gamma(depth + 1))
+        abs_first_upper = np.sqrt(n * second_upper)
+        first_error = (_gamma(depth) + 2 * _UNIT) * abs_first_upper
+        second_error = (_gamma(depth + 1) + 3 * _UNIT) * second_upper + n * _UNDERFLOW
+        quotient = first_sums / n
+        mean = shifts + quotient
+        mean_error = (_UNIT * np.abs(mean) + _UNIT * np.abs(quotient) + first_error / n
+                      + 2 * _UNDERFLOW)
+        product = first_sums * quotient
+        squares = second_sums - product
+        abs_first = np.abs(first_sums)
+        squares_error = (_UNIT * np.abs(squares) + second_error + _UNIT * np.abs(product)
+                         + _UNIT * abs_first * abs_first / n + abs_first * _UNDERFLOW + _UNDERFLOW
+                         + first_error * (2 * abs_first + first_error) / n)
+        freedom = n - ddof
+        var = squares / freedom if freedom > 0 else np.full_like(squares, np.nan)
+        var_error = _UNIT * np.abs(var) + _UNDERFLOW + squares_error / max(freedom, 1)
+    return (mean, mean_error * _BOUND_INFLATION, var, var_error * _BOUND_INFLATION)
+
+
+def certify(n, ddof, depth, shifts, first_sums, second_sums, output_format):
+    """(means, mean_certain, variances, var_certain): the fast values rounded to the output format
+    (as float64) and where that rounding is proven correct. A zero mean is certified only with
+    its sign (the interval on one side of 0); a variance is never negative, so a certified zero
+    variance is +0."""
+    mean, mean_error, var, var_error = _fast_bounds(n, ddof, depth, shifts, first_sums,
+                                                    second_sums)
+    means, mean_certain = reference._certain_rounding(mean, mean_error, output_format)
+    with np.errstate(invalid="ignore"):
+        one_sided = np.abs(mean) > mean_error  # float comparison: exact
+    mean_certain &= (means != 0) | one_sided
+    variances, var_certain = reference._certain_rounding(var, var_error, output_format)
+    return (means.astype(np.float64), mean_certain, np.abs(variances.astype(np.float64)),
+            var_certain)
+
+
+# ---- exact path -----------------------------------------------------------------------------------
+
+def round_exactly(value, output_format):
+    """A Fraction correctly rounded (to nearest, ties to even) to the output format, as float64;
+    an exact zero gives +0, a tiny negative value −0, a value past the range ±inf."""
+    try:
+        estimate = float(value)
+    except OverflowError:
+        estimate = math.inf if value > 0 else -math.inf
+    with np.errstate(over="ignore"):
+        start = precision.convert(np.array([estimate]), output_format)[0]
+    rounded = reference._exact_rounding(value, Fraction(0), Fraction(1), output_format, start)
+    if rounded == 0:
+        return -0.0 if value < 0 else 0.0
+    return rounded
+
+
+def exact_statistics(group_values, ddof, output_format):
+    """(means, variances, overflowed) of the rows of ``group_values`` (one group per row, its
+    stored values in any order), each correctly rounded from the exact sums; NaN and Inf follow
+    the reference's rule (numerics.reference); ``overflowed``: rows of finite values whose
+    statistic rounded to ±inf."""
+    sums = reference._scaled_sums(group_values, "layer", None, "NCHW")
+    count, scale = sums.count, sums.scale
+    means, variances, overflowed = [], [], 0
+    for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
+        if group in sums.nonfinite:
+            means.append(reference._nonfinite_mean(*sums.nonfinite[group]))
+            variances.append(math.nan)
+            continue
+        means.append(round_exactly(Fraction(scaled_sum, count * scale), output_format))
+        if count - ddof <= 0:
+            variances.append(math.nan)
+        else:
+            variances.append(round_exactly(
+                Fraction(count * scaled_square - scaled_sum * scaled_sum,
+                         count * (count - ddof) * scale * scale), output_format))
+        overflowed += math.isinf(means[-1]) or math.isinf(variances[-1])
+    return np.array(means, np.float64), np.array(variances, np.float64), overflowed
+
+
+def group_rows(x4, groups):
+    """The stored values of the chosen groups of a canonical view, one group per row."""
+    kept_inner = x4.shape[2]
+    return np.stack([x4[group // kept_inner, :, group % kept_inner, :].reshape(-1)
+                     for group in groups])
+
+
+# ---- entry point ----------------------------------------------------------------------------------
+
+def fast_input(x):
+    """The float32/float64 array the fast path reads: 16-bit formats widen to float32 (exact)."""
+    if x.dtype in (np.float32, np.float64):
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def moments(x, view, ddof, output_format, device, device_options):
+    """(means, variances, kernel, details) of every group of ``x`` (numpy, or a CUDA device array
+    for device "cuda"), correctly rounded to ``output_format``, as arrays of that format in the
+    statistics shape; called by numerics.statistics.moments after its checks."""
+    n = view.group_size
+    if device == "cpu":
+        x4 = fast_input(x).reshape(view.view_shape)
+        shifts, first_sums, second_sums, depth = cpu_fast_sums(x4)
+        kernel = "correctly_rounded.cpu"
+    else:
+        from . import gpu_correctly_rounded
+        x4, shifts, first_sums, second_sums, depth = gpu_correctly_rounded.fast_sums(
+            x, view, **device_options)
+        kernel = "correctly_rounded.cuda"
+    means, mean_certain, variances, var_certain = certify(n, ddof, depth, shifts, first_sums,
+                                                          second_sums, output_format)
+    certified = mean_certain & (var_certain | (n - ddof <= 0))
+    undecided = np.flatnonzero(~certified)
+    # a certified group's input is finite (its sums are): an infinite result is an overflow
+    overflowed = int(np.count_nonzero(certified & (np.isinf(means) | np.isinf(variances))))
+    if undecided.size:
+        host = x4 if isinstance(x4, np.ndarray) else x4.copy_to_host()
+        exact_means, exact_variances, exact_overflowed = exact_statistics(
+            group_rows(host, undecided), ddof, output_format)
+        means[undecided], variances[undecided] = exact_means, exact_variances
+        overflowed += exact_overflowed
+    if n - ddof <= 0:
+        variances[:] = np.nan
+        warnings.warn(f"degrees of freedom <= 0: each group has {n} element(s) and ddof={ddof}; "
+                      f"the variance is NaN", RuntimeWarning, stacklevel=3)
+    if overflowed:
+        warnings.warn(f"the exact statistics of {overflowed} group(s) of finite input lie past "
+                      f"the range of {output_format}: correctly rounded to ±inf", RuntimeWarning,
+                      stacklevel=3)
+    dtype = precision.NUMPY_DTYPES[output_format]
+    details = (("summation_depth", depth), ("certified_groups", view.group_count - undecided.size),
+               ("exact_groups", int(undecided.size)))
+    return (means.astype(dtype).reshape(view.stats_shape),
+            variances.astype(dtype).reshape(view.stats_shape), kernel, details)
