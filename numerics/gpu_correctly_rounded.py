@@ -100,9 +100,9 @@ def fast_sums(x, view, *, threads_per_block=DEFAULT_THREADS_PER_BLOCK):
 def specializations():
     """``(label, python function, numba signature)`` of the kernel for each input type it reads,
     for a PTX compile (numerics.gpu_compile.ptx_by_cc)."""
-    from numba import types
+    from numba import from_dtype, types
     state = types.Array(types.float64, 1, "C")
     for dtype in (np.float32, np.float64):
-        x4 = types.Array(types.from_dtype(np.dtype(dtype)), 4, "C")
+        x4 = types.Array(from_dtype(np.dtype(dtype)), 4, "C")
         yield (f"correctly_rounded/{np.dtype(dtype).name}", fast_sums_kernel.py_func,
                types.void(x4, state, state, state))
