@@ -6,8 +6,8 @@ Two paths, one answer:
 
 - **Fast path** (this module on the CPU, numerics.gpu_correctly_rounded on the GPU). Per group,
   with c = the group's first element, float64 sums Â = Σ fl(x − c) and B̂ = Σ fl(fl(x − c)²) in a
-  blocked order of summation depth h (at most ``BLOCK`` elements summed in a row, then a pairwise
-  tree of the blocks). A rigorous a-priori bound goes with them (``_fast_bounds``): with γ_k =
+  blocked order of summation depth h (``block_depth``: blocks of consecutive elements summed in
+  vector lanes, then a pairwise tree of the blocks). A rigorous a-priori bound goes with them (``_fast_bounds``): with γ_k =
   ku/(1 − ku), u = 2**-53 and η = 2**-1075 (the underflow of a product),
   Σ fl(x − c)² <= B⁺ = (B̂ + nη)/(1 − γ_{h+1}), Σ|fl(x − c)| <= P⁺ = √(n·B⁺) (Cauchy–Schwarz: no
   third sum), |Â − Σ(x − c)| <= e_A = (γ_h + 2u)·P⁺, |B̂ − Σ(x − c)²| <= e_B = (γ_{h+1} + 3u)·B⁺ + nη,
@@ -33,14 +33,16 @@ from fractions import Fraction
 import numba
 import numpy as np
 
-from . import precision, reference
+from . import precision, reference, simd
 
 #: the name ``numerics.moments`` takes (not in numerics.ALGORITHMS: it has no topology)
 CORRECTLY_ROUNDED = "correctly_rounded"
 
-#: at most this many consecutive elements (rows, for channels-last groups) of a group are summed
-#: in one block; blocks meet in a pairwise tree. The depth bound is BLOCK + ⌈log2 blocks⌉ + 1.
+#: a block: at most BLOCK consecutive elements of a group whose rows are contiguous, or
+#: COLUMN_BLOCK rows of channels-last groups; blocks meet in a pairwise tree (``block_depth``)
 BLOCK = 4096
+COLUMN_BLOCK = 512
+#: float64 lanes of the vector accumulators (two AVX2 registers)
 LANES = 8
 
 _UNIT = 2.0 ** -53
@@ -50,47 +52,54 @@ _BOUND_INFLATION = 1 + 2.0 ** -30
 
 
 # ---- CPU fast path: per-block sums, then a pairwise tree -----------------------------------------
+#
+# Explicit vectors (numerics.simd): numba leaves the SLP vectorizer off and fastmath is not used
+# (docs/architecture.md traps 3 and 9), so the LANES accumulators are one LLVM vector each, with
+# IEEE semantics per lane: the order of every sum is fixed by the data's shape alone.
 
 @numba.njit(cache=True)
-def _row_block_sums(x4, shifts, first_item, items_per_group, n):
+def _row_block_sums(x4, shifts, item, items_per_group, n):
     """(Σd, Σd²) with d = x − shift over elements [b·BLOCK, (b + 1)·BLOCK) of a group whose
     elements run contiguously in rows (reduced_inner > 1); item = group·items_per_group + b.
-    Eight lanes per row run; the tail of a run goes to lane 0."""
-    kept_inner, reduced_inner = x4.shape[2], x4.shape[3]
-    group = first_item // items_per_group
+    Element j of a row run goes to lane j mod LANES; the last (< LANES) of a run to a scalar
+    tail; then the lanes meet in a halving tree and the tail joins last."""
+    reduced_outer, kept_inner, reduced_inner = x4.shape[1], x4.shape[2], x4.shape[3]
+    group = item // items_per_group
     outer, inner = group // kept_inner, group % kept_inner
     shift = shifts[group]
-    start = (first_item % items_per_group) * BLOCK
+    start = (item % items_per_group) * BLOCK
     stop = min(start + BLOCK, n)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
+    firsts = simd.splat(0.0, LANES)
+    seconds = firsts
+    tail_first = 0.0
+    tail_second = 0.0
     k = start
     while k < stop:
         row_index = k // reduced_inner
         j = k - row_index * reduced_inner
         end = min(reduced_inner, j + stop - k)
         k += end - j
-        row = x4[outer, row_index, inner]
+        base = ((outer * reduced_outer + row_index) * kept_inner + inner) * reduced_inner
         while j + LANES <= end:
-            d0 = np.float64(row[j]) - shift
-            d1 = np.float64(row[j + 1]) - shift
-            d2 = np.float64(row[j + 2]) - shift
-            d3 = np.float64(row[j + 3]) - shift
-            d4 = np.float64(row[j + 4]) - shift
-            d5 = np.float64(row[j + 5]) - shift
-            d6 = np.float64(row[j + 6]) - shift
-            d7 = np.float64(row[j + 7]) - shift
-            a0 += d0; a1 += d1; a2 += d2; a3 += d3; a4 += d4; a5 += d5; a6 += d6; a7 += d7  # noqa: E702
-            b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3  # noqa: E702
-            b4 += d4 * d4; b5 += d5 * d5; b6 += d6 * d6; b7 += d7 * d7  # noqa: E702
+            d = simd.convert(simd.load(x4, base + j, LANES), np.float64) - shift
+            firsts = firsts + d
+            seconds = seconds + d * d
             j += LANES
         while j < end:
-            d0 = np.float64(row[j]) - shift
-            a0 += d0
-            b0 += d0 * d0
+            d0 = np.float64(x4.flat[base + j]) - shift
+            tail_first += d0
+            tail_second += d0 * d0
             j += 1
-    return (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)),
-            ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7)))
+    return _lane_tree(firsts) + tail_first, _lane_tree(seconds) + tail_second
+
+
+@numba.njit(cache=True)
+def _lane_tree(vector):
+    """The LANES lanes of a vector summed by a halving tree (depth log2 LANES)."""
+    return (((simd.extract(vector, 0) + simd.extract(vector, 1))
+             + (simd.extract(vector, 2) + simd.extract(vector, 3)))
+            + ((simd.extract(vector, 4) + simd.extract(vector, 5))
+               + (simd.extract(vector, 6) + simd.extract(vector, 7))))
 
 
 @numba.njit(cache=True, parallel=True)
@@ -103,27 +112,40 @@ def _rows_partials(x4, shifts, items_per_group, first_sums, second_sums):
         second_sums[item // items_per_group, item % items_per_group] = second
 
 
+@numba.njit(cache=True)
+def _column_block_sums(x4, shifts, outer, block, firsts, seconds):
+    """Channels-last groups (reduced_inner == 1): rows [block·COLUMN_BLOCK, ...) of one kept_outer
+    index, one sequential accumulator per group (``firsts[g]``, ``seconds[g]``), LANES groups per
+    vector."""
+    reduced_outer, kept_inner = x4.shape[1], x4.shape[2]
+    group_base = outer * kept_inner
+    vector_groups = kept_inner - kept_inner % LANES
+    for row_index in range(block * COLUMN_BLOCK, min((block + 1) * COLUMN_BLOCK, reduced_outer)):
+        base = (outer * reduced_outer + row_index) * kept_inner
+        for inner in range(0, vector_groups, LANES):
+            d = (simd.convert(simd.load(x4, base + inner, LANES), np.float64)
+                 - simd.load(shifts, group_base + inner, LANES))
+            simd.store(firsts, inner, simd.load(firsts, inner, LANES) + d)
+            simd.store(seconds, inner, simd.load(seconds, inner, LANES) + d * d)
+        for inner in range(vector_groups, kept_inner):
+            d0 = np.float64(x4.flat[base + inner]) - shifts[group_base + inner]
+            firsts[inner] += d0
+            seconds[inner] += d0 * d0
+
+
 @numba.njit(cache=True, parallel=True)
 def _columns_partials(x4, shifts, first_sums, second_sums):
-    """Block sums of channels-last groups (reduced_inner == 1): an item is BLOCK rows of one
-    kept_outer index, summed for all its kept_inner groups at once (contiguous, one sequential
-    accumulator per group: the loop over groups vectorises without reassociating anything)."""
-    kept_outer, reduced_outer, kept_inner = x4.shape[0], x4.shape[1], x4.shape[2]
+    """Block sums of channels-last groups: an item is COLUMN_BLOCK rows of one kept_outer index,
+    summed for all its kept_inner groups at once."""
+    kept_outer, kept_inner = x4.shape[0], x4.shape[2]
     blocks = first_sums.shape[1]
     for item in numba.prange(kept_outer * blocks):
         outer, block = item // blocks, item % blocks
-        group_base = outer * kept_inner
         firsts = np.zeros(kept_inner)
         seconds = np.zeros(kept_inner)
-        for row_index in range(block * BLOCK, min((block + 1) * BLOCK, reduced_outer)):
-            row = x4[outer, row_index]
-            for inner in range(kept_inner):
-                d = np.float64(row[inner, 0]) - shifts[group_base + inner]
-                firsts[inner] += d
-                seconds[inner] += d * d
-        for inner in range(kept_inner):
-            first_sums[group_base + inner, block] = firsts[inner]
-            second_sums[group_base + inner, block] = seconds[inner]
+        _column_block_sums(x4, shifts, outer, block, firsts, seconds)
+        first_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = firsts
+        second_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = seconds
 
 
 @numba.njit(cache=True, parallel=True)
@@ -151,6 +173,17 @@ def tree_depth(count):
     return max(int(count) - 1, 0).bit_length()
 
 
+def block_depth(reduced_inner):
+    """The summation depth of one block's sums: a channels-last block is COLUMN_BLOCK sequential
+    adds; a row block gives each lane at most BLOCK/LANES elements (then the lane tree) and the
+    tail at most LANES − 1 per row run it meets (at most ⌈BLOCK/reduced_inner⌉ + 1 runs), and the
+    tail joins in one more add."""
+    if reduced_inner == 1:
+        return COLUMN_BLOCK
+    runs = -(-BLOCK // reduced_inner) + 1
+    return max(BLOCK // LANES + tree_depth(LANES), min(BLOCK, (LANES - 1) * runs)) + 1
+
+
 def cpu_fast_sums(x4):
     """(shifts, Σd, Σd², depth) per group over a float32/float64 canonical view (C-contiguous):
     d = x − the group's first element, depth the summation depth of the sums."""
@@ -158,14 +191,14 @@ def cpu_fast_sums(x4):
     shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
     groups = kept_outer * kept_inner
     if reduced_inner == 1:
-        blocks = -(-reduced_outer // BLOCK)
+        blocks = -(-reduced_outer // COLUMN_BLOCK)
         first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
         _columns_partials(x4, shifts, first_sums, second_sums)
     else:
         blocks = -(-(reduced_outer * reduced_inner) // BLOCK)
         first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
         _rows_partials(x4, shifts, blocks, first_sums, second_sums)
-    depth = BLOCK + tree_depth(LANES) + tree_depth(blocks)
+    depth = block_depth(reduced_inner) + tree_depth(blocks)
     return shifts, pairwise_totals(first_sums), pairwise_totals(second_sums), depth
 
 

@@ -131,11 +131,16 @@ def test_every_norm_layout_and_format(input_format, output_format, ddof):
 
 
 def test_large_groups_with_several_blocks_both_layouts():
+    """Groups of several blocks: row runs that straddle blocks and end in a tail (7 x 7 planes),
+    rows longer than a block, and channels-last groups in vectors and a tail (11 channels)."""
     rng = np.random.default_rng(2)
-    x = rng.normal(0.5, 1.0, (3, 5000, 2)).astype(np.float32)  # NHWC batch: 15000 rows per channel
+    check(rng.normal(0.5, 1.0, (100, 3, 7, 7)).astype(np.float32), "batch")
+    check(rng.normal(0.5, 1.0, (3, 2, 5000)).astype(np.float32), "layer",
+          output_format="bfloat16")
+    check(rng.normal(-2.0, 1.0, 15000).astype(np.float32), None, output_format="float16")
+    x = rng.normal(0.5, 1.0, (600, 3, 11)).astype(np.float32)
     check(x, "batch", layout="NHWC")
-    check(x.reshape(3, 2, 5000), "layer", output_format="bfloat16")
-    check(x.reshape(-1), None, output_format="float16")
+    check(x.astype(np.float64), "instance", layout="NHWC", output_format="float32")
 
 
 @pytest.mark.parametrize("offset", (1e4, 1e5, 1e6, 1e7))
@@ -149,24 +154,26 @@ def test_ill_conditioned(offset, output_format):
         assert dict(result.run.details)["certified_groups"] >= 6
 
 
-def test_fast_bounds_hold():
-    """The fast path's errors against the exact values: within the bound, on ill-conditioned
-    float32 and float64 data (the bound is what certification rests on)."""
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("view_shape", ((20, 1, 1, 3000), (1, 3000, 20, 1), (1, 60, 20, 50)))
+def test_fast_bounds_hold(dtype, view_shape):
+    """The fast path's errors against the exact values, in the row and the channels-last kernel:
+    within the bound, on ill-conditioned data (the bound is what certification rests on)."""
     rng = np.random.default_rng(3)
-    for dtype in (np.float32, np.float64):
-        x = (1e6 + rng.standard_normal((20, 1, 1, 3000)) * rng.uniform(1e-3, 10, (20, 1, 1, 1)))
-        x4 = x.astype(dtype)
-        shifts, first, second, depth = correctly_rounded.cpu_fast_sums(x4)
-        mean, mean_error, var, var_error = correctly_rounded._fast_bounds(3000, 1, depth, shifts,
-                                                                          first, second)
-        sums = reference.exact_sums(x4.reshape(20, -1), "layer")
-        for group in range(20):
-            total, squares = sums.sum_x[group], sums.sum_x2[group]
-            exact_mean = total / 3000
-            exact_var = (3000 * squares - total * total) / (3000 * 2999)
-            assert abs(Fraction(mean[group]) - exact_mean) <= Fraction(mean_error[group])
-            assert abs(Fraction(var[group]) - exact_var) <= Fraction(var_error[group])
-            assert var_error[group] < 1e-9 * exact_var  # and it is tight enough to certify
+    spread = rng.uniform(1e-3, 10, (1, 1, 20, 1) if view_shape[2] == 20 else (20, 1, 1, 1))
+    x4 = (1e6 + rng.standard_normal(view_shape) * spread).astype(dtype)
+    shifts, first, second, depth = correctly_rounded.cpu_fast_sums(x4)
+    mean, mean_error, var, var_error = correctly_rounded._fast_bounds(3000, 1, depth, shifts,
+                                                                      first, second)
+    rows = correctly_rounded.group_rows(x4, range(20))
+    sums = reference.exact_sums(rows, "layer")
+    for group in range(20):
+        total, squares = sums.sum_x[group], sums.sum_x2[group]
+        exact_mean = total / 3000
+        exact_var = (3000 * squares - total * total) / (3000 * 2999)
+        assert abs(Fraction(mean[group]) - exact_mean) <= Fraction(mean_error[group])
+        assert abs(Fraction(var[group]) - exact_var) <= Fraction(var_error[group])
+        assert var_error[group] < 1e-9 * exact_var  # and it is tight enough to certify
 
 
 # ---- ties and near-ties ---------------------------------------------------------------------------
@@ -315,3 +322,11 @@ def test_bad_input():
         numerics.moments(np.ones(0, np.float32), algorithm="correctly_rounded")
     with pytest.raises(TypeError, match="device='cpu'"):
         numerics.moments(x, algorithm="correctly_rounded", threads_per_block=64)
+
+
+def test_bench_table_smoke():
+    from studies import correctly_rounded_bench
+    table = correctly_rounded_bench.throughput_table("smoke", repetitions=1, threads=(1,))
+    assert list(table["shape"]) == ["4x8x16x16", "64x256"]
+    assert (table["elements_per_s"] > 0).all() and (table["share_of_read"] > 0).all()
+    assert (table["groups"] == [8, 64]).all()
