@@ -2,7 +2,8 @@
 read of the same array in the same run: ``python -m studies.correctly_rounded_bench`` prints the
 table that ``throughput_table()`` returns (for ``make bench``).
 
-Method: for each shape, layout and thread count, the rule and the streaming read
+Method: for each shape, layout and thread count, the rule, the default rule ("welford", its
+float32 accumulator) and the streaming read
 (studies.performance.stream_read: vector loads and adds, split over the threads) alternate on two
 rotating float32 tensors larger than the L3 cache, each timed ``repetitions`` times after an
 untimed first call; the share is the rule's median throughput over the read's median throughput,
@@ -23,6 +24,8 @@ from studies.performance import stream_read
 #: (norm, groups, shape, layout): the issue's CNN tensor in both layouts, and LayerNorm rows
 SHAPES = (("batch", None, (32, 256, 56, 56), "NCHW"), ("batch", None, (32, 256, 56, 56), "NHWC"),
           ("instance", None, (32, 256, 56, 56), "NCHW"), ("layer", None, (4096, 4096), "NCHW"))
+#: the rule timed beside it on the same tensors: numerics.moments' default
+DEFAULT_ALGORITHM = "welford"
 SMOKE_SHAPES = (("batch", None, (4, 8, 16, 16), "NCHW"), ("layer", None, (64, 256), "NCHW"))
 
 
@@ -33,10 +36,10 @@ def _read_seconds(pool, flat, threads):
     return time.perf_counter() - start
 
 
-def _rule_seconds(x, norm, groups, layout, output_format):
+def _rule_seconds(x, norm, groups, layout, output_format, algorithm="correctly_rounded"):
     start = time.perf_counter()
     result = numerics.moments(x, norm, groups=groups, layout=layout, acc_dtype=output_format,
-                              algorithm="correctly_rounded")
+                              algorithm=algorithm)
     return time.perf_counter() - start, dict(result.run.details)
 
 
@@ -46,21 +49,26 @@ def measure(norm, groups, shape, layout, threads, repetitions, seed=0, output_fo
     memory_shape = shape if layout == "NCHW" else (shape[0], *shape[2:], shape[1])
     buffers = [rng.standard_normal(memory_shape, dtype=np.float32) for _ in range(2)]
     numba.set_num_threads(threads)
-    rule, read = [], []
+    rule, read, default = [], [], []
     with ThreadPoolExecutor(threads) as pool:
         _rule_seconds(buffers[0], norm, groups, layout, output_format)
+        _rule_seconds(buffers[0], norm, groups, layout, output_format, DEFAULT_ALGORITHM)
         _read_seconds(pool, buffers[0].reshape(-1), threads)
         for repetition in range(repetitions):
             x = buffers[repetition % 2]
             seconds, details = _rule_seconds(x, norm, groups, layout, output_format)
             rule.append(seconds)
             read.append(_read_seconds(pool, x.reshape(-1), threads))
+            default.append(_rule_seconds(x, norm, groups, layout, output_format,
+                                         DEFAULT_ALGORITHM)[0])
     elements = buffers[0].size
     rule_rate = elements / statistics.median(rule)
     read_rate = elements / statistics.median(read)
     return {"norm": norm, "layout": layout, "shape": "x".join(map(str, shape)), "threads": threads,
             "elements_per_s": rule_rate, "read_elements_per_s": read_rate,
-            "share_of_read": rule_rate / read_rate, "exact_groups": details["exact_groups"],
+            "share_of_read": rule_rate / read_rate,
+            "default_elements_per_s": elements / statistics.median(default),
+            "exact_groups": details["exact_groups"],
             "groups": details["exact_groups"] + details["certified_groups"]}
 
 

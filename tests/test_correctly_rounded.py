@@ -108,6 +108,10 @@ def test_round_exactly_matches_the_definition(output_format):
         got = correctly_rounded.round_exactly(value, output_format)
         want = round_fraction(value, output_format)
         assert (got, math.copysign(1, got)) == (want, math.copysign(1, want)), value
+        # and the repository's other exact rounding (a walk over the rounding boundaries)
+        start = np.array([want]).astype(precision.NUMPY_DTYPES[output_format])[0]
+        assert abs(reference._exact_rounding(value, Fraction(0), Fraction(1), output_format,
+                                             start)) == abs(got)
 
 
 @given(st.fractions(min_value=-1e6, max_value=1e6, max_denominator=2 ** 70),
@@ -287,6 +291,16 @@ def test_nonfinite_and_degenerate_groups():
     with pytest.warns(RuntimeWarning, match="degrees of freedom"):
         result = check(np.array([[2.5], [3.0]], np.float32), "layer", ddof=1)
     assert np.isnan(result.var).all() and list(result.mean) == [2.5, 3.0]
+
+
+def test_strided_and_big_endian_input():
+    x = np.random.default_rng(8).normal(2.0, 1.0, (4, 6, 5)).astype(np.float32)
+    wanted = check(x, "instance")
+    for variant in (x[:, ::2], np.asfortranarray(x), x.astype(">f4")):
+        got = check(variant, "instance")
+        if variant.shape == x.shape:
+            assert_same_bits(got.mean, wanted.mean)
+            assert_same_bits(got.var, wanted.var)
 
 
 def test_run_record():
