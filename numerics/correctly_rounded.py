@@ -7,14 +7,15 @@ Two paths, one answer:
 - **Fast path** (this module on the CPU, numerics.gpu_correctly_rounded on the GPU). Per group,
   with c = the group's first element, float64 sums Â = Σ fl(x − c) and B̂ = Σ fl(fl(x − c)²) in a
   blocked order of summation depth h (``block_depth``: blocks of consecutive elements summed in
-  vector lanes, then a pairwise tree of the blocks). A rigorous a-priori bound goes with them (``_fast_bounds``): with γ_k =
-  ku/(1 − ku), u = 2**-53 and η = 2**-1075 (the underflow of a product),
-  Σ fl(x − c)² <= B⁺ = (B̂ + nη)/(1 − γ_{h+1}), Σ|fl(x − c)| <= P⁺ = √(n·B⁺) (Cauchy–Schwarz: no
-  third sum), |Â − Σ(x − c)| <= e_A = (γ_h + 2u)·P⁺, |B̂ − Σ(x − c)²| <= e_B = (γ_{h+1} + 3u)·B⁺ + nη,
-  then the few roundings of mean = c + Â/n and var = (B̂ − Â·(Â/n))/(n − ddof) on top
-  (S = Σ(x − c)² − (Σ(x − c))²/n exactly, for any c). A group is *certified* when both ends of
-  [value − E, value + E], moved outward, round to one output value (reference._certain_rounding):
-  rounding is monotonic, so the exact value rounds to it too. All-finite intervals only.
+  vector lanes, then a pairwise tree of the blocks). A rigorous a-priori bound goes with them
+  (``_fast_bounds``): with γ_k = ku/(1 − ku), u = 2**-53 and η = 2**-1075 (the underflow of a
+  product), Σ fl(x − c)² <= B⁺ = (B̂ + nη)/(1 − γ_{h+1}), Σ|fl(x − c)| <= P⁺ = √(n·B⁺)
+  (Cauchy–Schwarz: no third sum), |Â − Σ(x − c)| <= e_A = (γ_h + 2u)·P⁺ and
+  |B̂ − Σ(x − c)²| <= e_B = (γ_{h+1} + 3u)·B⁺ + 2nη, then the few roundings of mean = c + Â/n
+  and var = (B̂ − Â·(Â/n))/(n − ddof) on top (S = Σ(x − c)² − (Σ(x − c))²/n exactly, for any
+  c). A group is *certified* when both ends of [value − E, value + E], moved outward, round to
+  one output value (reference._certain_rounding): rounding is monotonic, so the exact value
+  rounds to it too. All-finite intervals only.
 - **Exact path** for every other group (near a rounding boundary, ill-conditioned beyond the
   bound, non-finite, or an output format as wide as the accumulation: float64 output rarely
   certifies): the exact sums of the group's stored values (reference's integer superaccumulator),
@@ -33,7 +34,7 @@ from fractions import Fraction
 import numba
 import numpy as np
 
-from . import precision, reference, simd
+from . import cache, cpu, precision, reference, simd
 
 #: the name ``numerics.moments`` takes (not in numerics.ALGORITHMS: it has no topology)
 CORRECTLY_ROUNDED = "correctly_rounded"
@@ -57,7 +58,7 @@ _BOUND_INFLATION = 1 + 2.0 ** -30
 # (docs/architecture.md traps 3 and 9), so the LANES accumulators are one LLVM vector each, with
 # IEEE semantics per lane: the order of every sum is fixed by the data's shape alone.
 
-@numba.njit(cache=True)
+@cache.cached()
 def _row_block_sums(x4, shifts, item, items_per_group, n):
     """(Σd, Σd²) with d = x − shift over elements [b·BLOCK, (b + 1)·BLOCK) of a group whose
     elements run contiguously in rows (reduced_inner > 1); item = group·items_per_group + b.
@@ -93,7 +94,7 @@ def _row_block_sums(x4, shifts, item, items_per_group, n):
     return _lane_tree(firsts) + tail_first, _lane_tree(seconds) + tail_second
 
 
-@numba.njit(cache=True)
+@cache.cached()
 def _lane_tree(vector):
     """The LANES lanes of a vector summed by a halving tree (depth log2 LANES)."""
     return (((simd.extract(vector, 0) + simd.extract(vector, 1))
@@ -102,17 +103,18 @@ def _lane_tree(vector):
                + (simd.extract(vector, 6) + simd.extract(vector, 7))))
 
 
-@numba.njit(cache=True, parallel=True)
-def _rows_partials(x4, shifts, items_per_group, first_sums, second_sums):
-    """Block sums of every group whose rows are contiguous: first_sums[group, b] and so on."""
+@cache.cached(nogil=True)
+def _rows_partials(x4, shifts, items_per_group, lo, hi, scratch, first_sums, second_sums):
+    """Block sums of the items lo..hi-1 (item = group·items_per_group + block) of groups whose
+    rows are contiguous, into first_sums[group, block] and second_sums[group, block]."""
     n = x4.shape[1] * x4.shape[3]
-    for item in numba.prange(first_sums.size):
+    for item in range(lo, hi):
         first, second = _row_block_sums(x4, shifts, item, items_per_group, n)
         first_sums[item // items_per_group, item % items_per_group] = first
         second_sums[item // items_per_group, item % items_per_group] = second
 
 
-@numba.njit(cache=True)
+@cache.cached()
 def _column_block_sums(x4, shifts, outer, block, firsts, seconds):
     """Channels-last groups (reduced_inner == 1): rows [block·COLUMN_BLOCK, ...) of one kept_outer
     index, one sequential accumulator per group (``firsts[g]``, ``seconds[g]``), LANES groups per
@@ -133,29 +135,29 @@ def _column_block_sums(x4, shifts, outer, block, firsts, seconds):
             seconds[inner] += d0 * d0
 
 
-@numba.njit(cache=True, parallel=True)
-def _columns_partials(x4, shifts, first_sums, second_sums):
-    """Block sums of channels-last groups: an item is COLUMN_BLOCK rows of one kept_outer index,
-    summed for all its kept_inner groups at once."""
-    kept_outer, kept_inner = x4.shape[0], x4.shape[2]
+@cache.cached(nogil=True)
+def _columns_partials(x4, shifts, lo, hi, scratch, first_sums, second_sums):
+    """Block sums of the items lo..hi-1 of channels-last groups: an item is COLUMN_BLOCK rows of
+    one kept_outer index, summed for all its kept_inner groups at once in ``scratch`` (2, groups)."""
+    kept_inner = x4.shape[2]
     blocks = first_sums.shape[1]
-    for item in numba.prange(kept_outer * blocks):
+    for item in range(lo, hi):
         outer, block = item // blocks, item % blocks
-        firsts = np.zeros(kept_inner)
-        seconds = np.zeros(kept_inner)
-        _column_block_sums(x4, shifts, outer, block, firsts, seconds)
-        first_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = firsts
-        second_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = seconds
+        scratch[:] = 0.0
+        _column_block_sums(x4, shifts, outer, block, scratch[0], scratch[1])
+        first_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = scratch[0]
+        second_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = scratch[1]
 
 
-@numba.njit(cache=True, parallel=True)
+@cache.cached(nogil=True)
 def pairwise_totals(partials):
-    """Each row of ``partials`` summed by a pairwise tree (depth ⌈log2 columns⌉), in place order
-    fixed by the shape alone: the same bits on any thread count."""
+    """Each row of ``partials`` summed by a pairwise tree (depth ⌈log2 columns⌉), in an order
+    fixed by the shape alone."""
     rows, columns = partials.shape
     totals = np.empty(rows)
-    for group in numba.prange(rows):
-        values = partials[group].copy()
+    values = np.empty(columns)
+    for group in range(rows):
+        values[:] = partials[group]
         width = columns
         while width > 1:
             half = (width + 1) // 2
@@ -185,21 +187,29 @@ def block_depth(reduced_inner):
 
 
 def cpu_fast_sums(x4):
-    """(shifts, Σd, Σd², depth) per group over a float32/float64 canonical view (C-contiguous):
-    d = x − the group's first element, depth the summation depth of the sums."""
+    """(shifts, Σd, Σd², depth, threads) per group over a float32/float64 canonical view
+    (C-contiguous): d = x − the group's first element, depth the summation depth of the sums.
+    Work items are fixed by the shape and cut among the threads by numerics.cpu.run_split, so the
+    sums are the same bits on any thread count."""
     kept_outer, reduced_outer, kept_inner, reduced_inner = x4.shape
     shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
     groups = kept_outer * kept_inner
+    threads = numba.get_num_threads() if x4.nbytes >= cpu.THREADED_BYTES else 1
     if reduced_inner == 1:
         blocks = -(-reduced_outer // COLUMN_BLOCK)
         first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
-        _columns_partials(x4, shifts, first_sums, second_sums)
+        threads = cpu.run_split(_columns_partials, ("columns", x4.dtype.str), kept_outer * blocks,
+                                (x4, shifts), lambda: np.empty((2, kept_inner)),
+                                (first_sums, second_sums), threads)
     else:
         blocks = -(-(reduced_outer * reduced_inner) // BLOCK)
         first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
-        _rows_partials(x4, shifts, blocks, first_sums, second_sums)
+        threads = cpu.run_split(_rows_partials, ("rows", x4.dtype.str), groups * blocks,
+                                (x4, shifts, blocks), lambda: np.empty(0),
+                                (first_sums, second_sums), threads)
     depth = block_depth(reduced_inner) + tree_depth(blocks)
-    return shifts, pairwise_totals(first_sums), pairwise_totals(second_sums), depth
+    return (shifts, cache.call(pairwise_totals, "totals", first_sums),
+            pairwise_totals(second_sums), depth, threads)
 
 
 # ---- certification (host, shared by the CPU and the GPU) ------------------------------------------
@@ -215,7 +225,7 @@ def _fast_bounds(n, ddof, depth, shifts, first_sums, second_sums):
         second_upper = (second_sums + n * _UNDERFLOW) / (1 - _gamma(depth + 1))
         abs_first_upper = np.sqrt(n * second_upper)
         first_error = (_gamma(depth) + 2 * _UNIT) * abs_first_upper
-        second_error = (_gamma(depth + 1) + 3 * _UNIT) * second_upper + n * _UNDERFLOW
+        second_error = (_gamma(depth + 1) + 3 * _UNIT) * second_upper + 2 * n * _UNDERFLOW
         quotient = first_sums / n
         mean = shifts + quotient
         mean_error = (_UNIT * np.abs(mean) + _UNIT * np.abs(quotient) + first_error / n
@@ -259,9 +269,10 @@ _LIMITS = {name: (precision.SIGNIFICAND_BITS[name], least, greatest)
 def round_exactly(value, output_format):
     """A Fraction correctly rounded (to nearest, ties to even) to the output format, as float64:
     the quotient and remainder of integer division at the value's quantum decide the rounding
-    (no walk over neighbours: reference._exact_rounding takes ~0.4 ms a value, and float64 output
-    sends every group here). Subnormals keep the least normal quantum; a result past the largest
-    finite value is ±inf, as IEEE 754 says; an exact zero gives +0, a tiny negative value −0."""
+    (no walk over neighbours as in reference._exact_rounding, nine times slower on a float32
+    value; float64 output sends every group here). Subnormals keep the least normal quantum; a
+    result past the largest finite value is ±inf, as IEEE 754 says; an exact zero gives +0, a tiny
+    negative value −0."""
     precision_bits, least_exponent, greatest_exponent = _LIMITS[output_format]
     numerator, denominator = abs(value.numerator), value.denominator
     if numerator == 0:
@@ -327,12 +338,13 @@ def moments(x, view, ddof, output_format, device, device_options):
     n = view.group_size
     if device == "cpu":
         x4 = fast_input(x).reshape(view.view_shape)
-        shifts, first_sums, second_sums, depth = cpu_fast_sums(x4)
+        shifts, first_sums, second_sums, depth, threads = cpu_fast_sums(x4)
         kernel = "correctly_rounded.cpu"
     else:
         from . import gpu_correctly_rounded
         x4, shifts, first_sums, second_sums, depth = gpu_correctly_rounded.fast_sums(
             x, view, **device_options)
+        threads = None
         kernel = "correctly_rounded.cuda"
     means, mean_certain, variances, var_certain = certify(n, ddof, depth, shifts, first_sums,
                                                           second_sums, output_format)
@@ -356,6 +368,6 @@ def moments(x, view, ddof, output_format, device, device_options):
                       stacklevel=3)
     dtype = precision.NUMPY_DTYPES[output_format]
     details = (("summation_depth", depth), ("certified_groups", view.group_count - undecided.size),
-               ("exact_groups", int(undecided.size)))
+               ("exact_groups", int(undecided.size))) + ((("threads", threads),) if threads else ())
     return (means.astype(dtype).reshape(view.stats_shape),
             variances.astype(dtype).reshape(view.stats_shape), kernel, details)
