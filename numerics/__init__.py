@@ -8,11 +8,12 @@ Every statistic is subset x update rule x reduction topology x precision x Besse
   on the CPU or the GPU;
 - ``audit(x, norm, ...)``: every rule, precision and installed framework on one tensor, with a verdict;
 - ``ALGORITHMS``, ``TOPOLOGIES``, ``Topology``: the rules and reduction orders;
+- ``CORRECTLY_ROUNDED``: the algorithm name whose mean and variance are correctly rounded;
 - ``reference``, ``metrics``, ``bounds``, ``data``, ``nist``: exact references, error measures,
   a-priori bounds, seeded inputs and the NIST StRD data (import them as submodules).
 """
 from . import bounds, data, metrics, nist, reference, replay
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, CORRECTLY_ROUNDED
 from .audits import audit
 from .normalization import normalize
 from .precision import FORMATS, unit_roundoff
@@ -20,5 +21,6 @@ from .statistics import Moments, Run, moments
 from .subsets import LAYOUTS, NORMS, canonical_view
 from .topology import DEFAULT_TOPOLOGY, TOPOLOGIES, Topology
 
-__all__ = ["bounds", "data", "metrics", "nist", "reference", "replay", "ALGORITHMS", "DEFAULT_TOPOLOGY", "FORMATS", "LAYOUTS", "NORMS", "TOPOLOGIES", "Moments",
-           "Run", "Topology", "audit", "canonical_view", "moments", "normalize", "unit_roundoff"]
+__all__ = ["bounds", "data", "metrics", "nist", "reference", "replay", "ALGORITHMS",
+           "CORRECTLY_ROUNDED", "DEFAULT_TOPOLOGY", "FORMATS", "LAYOUTS", "NORMS", "TOPOLOGIES",
+           "Moments", "Run", "Topology", "audit", "canonical_view", "moments", "normalize", "unit_roundoff"]

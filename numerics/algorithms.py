@@ -87,6 +87,11 @@ ALGORITHMS = {
 }
 
 
+#: the rule with no topology: mean and variance rounded once from the exact values
+#: (numerics.correctly_rounded); not in ALGORITHMS, which lists the rules a topology orders
+CORRECTLY_ROUNDED = "correctly_rounded"
+
+
 #: the push and merge rules of each family (the functions below), looked up by the contexts
 FAMILY_RULES = {}
 

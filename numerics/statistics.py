@@ -82,6 +82,11 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", algorithm="welford", dd
     if device == "cpu" and is_device_array(x):
         raise ValueError("x is a device array: pass device='cuda', or copy it to the host first")
 
+    if algorithm == algorithms.CORRECTLY_ROUNDED:  # rounded once from the exact values: no topology, no clamp
+        from . import correctly_rounded
+        mean, var, kernel, details = correctly_rounded.moments(x, call.view, ddof, call.acc_format,
+                                                               device, device_options)
+        return Moments(mean, var, call.record(kernel, details))
     kernel_input, kernel_format = kernel_input_of(x, call.input_format, call.acc_format)
     x4 = kernel_input.reshape(call.view.view_shape)
     if device == "cpu":
@@ -161,8 +166,10 @@ def _checked_call(shape, dtype, norm, groups, layout, algorithm, ddof, acc_dtype
     if prod(shape) == 0:
         raise ValueError(f"x is empty (shape {tuple(shape)}): every group needs at least one "
                          f"element")
-    if algorithm not in algorithms.ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {tuple(algorithms.ALGORITHMS)}, got {algorithm!r}")
+    if algorithm not in (*algorithms.ALGORITHMS, algorithms.CORRECTLY_ROUNDED):
+        raise ValueError(f"algorithm must be one of "
+                         f"{(*algorithms.ALGORITHMS, algorithms.CORRECTLY_ROUNDED)}, "
+                         f"got {algorithm!r}")
     if isinstance(ddof, bool) or ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
     if acc_dtype is None:

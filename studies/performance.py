@@ -49,7 +49,7 @@ ONE_PASS_RULES = ("naive", "shifted", "welford", "parallel_merge")
 #: (input dtype, accumulator dtype): the targets are on float32 input with either accumulator
 PRECISIONS = (("float32", "float32"), ("float32", "float64"), ("float16", "float32"),
               ("float64", "float64"))
-#: share of the read bandwidth each rule should reach (2 threads, float32 input), issue 4
+#: share of the read bandwidth each rule should reach (2 threads, float32 input) (docs/architecture.md section 9)
 TARGETS = {"naive": 0.8, "shifted": 0.8, "welford": 0.8, "parallel_merge": 0.8,
            "two_pass": 0.7, "corrected_two_pass": 0.7}
 
@@ -273,7 +273,53 @@ def cell(cell):
         return [reference_row(cell.settings["elements"], cell.settings["repetitions"])]
     if cell.slice == "latency":
         return latency_cell(cell.settings, cell.seed)
+    if cell.slice == "correctly_rounded":
+        return [correctly_rounded_row(cell.settings, cell.seed)]
     return timing_cell(cell.settings, cell.seed)
+
+
+# ---- the correctly rounded rule against the same-run read (issue 12) ---------------------------
+
+def correctly_rounded_cases(profile):
+    """label -> (norm, groups, shape, layout) of the correctly rounded rule's cells."""
+    from studies import correctly_rounded_bench
+    shapes = (correctly_rounded_bench.SMOKE_SHAPES if profile == "smoke"
+              else correctly_rounded_bench.SHAPES)
+    return {f"{norm} {layout} {'x'.join(map(str, shape))}": (norm, groups, shape, layout)
+            for norm, groups, shape, layout in shapes}
+
+
+def correctly_rounded_row(settings, seed):
+    """One row: float32 -> float32 correctly rounded moments, the default rule and a streaming
+    read alternating on the same tensors (studies.correctly_rounded_bench.measure). Imported
+    here: that module takes its streaming read from this one."""
+    from studies import correctly_rounded_bench
+    norm, groups, shape, layout = correctly_rounded_cases(settings["profile"])[settings["case"]]
+    row = correctly_rounded_bench.measure(norm, groups, shape, layout, settings["threads"],
+                                          settings["repetitions"], seed)
+    return {"table": "performance_correctly_rounded", **row}
+
+
+def correctly_rounded_section(frame):
+    if frame is None or frame.empty:
+        return "(not measured)"
+    table = pd.DataFrame({
+        "subset": frame["norm"], "layout": frame["layout"], "shape": frame["shape"],
+        "threads": frame["threads"],
+        "correctly_rounded M/s": frame["elements_per_s"] / 1e6,
+        "read M/s": frame["read_elements_per_s"] / 1e6,
+        "share of read %": 100 * frame["share_of_read"],
+        "welford M/s": frame["default_elements_per_s"] / 1e6,
+        "exact groups": frame["exact_groups"].astype(str) + " of " + frame["groups"].astype(str)})
+    number = lambda value: f"{value:,.0f}"
+    met = (frame["share_of_read"] >= 0.8).sum()
+    return (f"`algorithm=\"correctly_rounded\"`, float32 input to float32 output, against a "
+            f"streaming read of the same tensors and the default rule (welford) in the same run "
+            f"(medians of calls taken in turn; elements per second). Target: ≥ 80 % of the read. "
+            f"{met} of {len(frame)} cells meet it.\n\n"
+            + report.markdown_table(table, formats={
+                "correctly_rounded M/s": number, "read M/s": number, "welford M/s": number,
+                "share of read %": lambda value: f"{value:.0f}"}))
 
 
 # ---- latency: small tensors against PyTorch's layers (issue 12) -------------------------------
@@ -579,14 +625,15 @@ def report_section(results):
 - numerics topology for every rule: "{numerics.DEFAULT_TOPOLOGY}" = {topology.lanes} lanes,
   blocks of {topology.block} elements
 - Read bandwidth (streaming-read probe around every cell): {read_lines}. On a quiet machine the
-  probe reads about 40 GB/s with one thread and 79 GB/s with two (research/accuracy.md); other
+  probe reads about 40 GB/s with one thread and 79 GB/s with two (docs/architecture.md section 9); other
   jobs share this machine, so compare shares, not GB/s, between runs
 - Data: `data/performance.parquet`, one row per timed cell (median of
   {frame["repetitions"].iloc[0]} calls on rotating buffers, each call's seconds, the probes before
   and after); `data/performance_latency.parquet` (the latency table),
+  `data/performance_correctly_rounded.parquet` (the correctly rounded rule),
   `data/performance_first_call.parquet`, `data/performance_reference.parquet`
 
-## Targets (issue 4)
+## Targets
 
 naive, shifted, welford, parallel_merge ≥ 80 % of the read bandwidth, two_pass and
 corrected_two_pass ≥ 70 %, on 2 threads with float32 input, every cell ahead of numpy and
@@ -611,6 +658,10 @@ Share of the read bandwidth (%), float32 input, {frame.threads.max()} threads:
 ## Latency against PyTorch (issue 12)
 
 {latency_section(results.tables.get("performance_latency"))}
+
+## The correctly rounded rule (issue 12)
+
+{correctly_rounded_section(results.tables.get("performance_correctly_rounded"))}
 
 ## Exact reference and first call
 
@@ -657,7 +708,10 @@ def grid(profile):
         "threads": threads, "seconds": (0.05 if smoke else 0.5,)},
         keep=lambda settings: (settings["subset"], tuple(
             int(size) for size in settings["shape"].split("x"))) in cases)
-    return (timings, latency, engine.Slice("first_call", {"process": ("fresh",)}),
+    correctly_rounded = engine.Slice("correctly_rounded", {
+        "case": tuple(correctly_rounded_cases(profile)), "profile": (profile,),
+        "threads": threads, "repetitions": (2 if smoke else 5,)})
+    return (timings, latency, correctly_rounded, engine.Slice("first_call", {"process": ("fresh",)}),
             engine.Slice("reference", {"elements": (200_000 if smoke else 10_000_000,),
                                        "repetitions": (2 if smoke else 3,)}))
 
@@ -666,7 +720,8 @@ TIMING_COLUMNS = ("median_seconds", "seconds", "gb_per_s", "read_gb_per_s_before
                   "read_gb_per_s_after", "share_of_read", *PEER_GROUPS, "speedup_vs_fastest_peer",
                   "import_seconds", "first_call_seconds", "cold_first_call_seconds",
                   "elements_per_second", "calls", "numerics_us", "torch_layer_us",
-                  "torch_var_mean_us", "ratio_to_layer")
+                  "torch_var_mean_us", "ratio_to_layer", "elements_per_s", "read_elements_per_s",
+                  "default_elements_per_s")
 STUDY = engine.Study("performance", "Performance of the CPU kernels", grid, cell, report_section,
                      seed_factors=("shape",), timing_columns=TIMING_COLUMNS, serial=True,
                      derive=with_peer_ratios)

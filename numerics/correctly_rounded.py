@@ -1,0 +1,392 @@
+"""The "correctly_rounded" algorithm: the mean and variance of every group rounded once, to
+nearest (ties to even), from the exact values of the stored input (docs/architecture.md, section
+4.6).
+
+Two paths, one answer:
+
+- **Fast path** (this module on the CPU, numerics.gpu_correctly_rounded on the GPU). Per group,
+  with c = the group's first element, float64 sums Â = Σ fl(x − c) and B̂ = Σ fl(fl(x − c)²) in a
+  blocked order of summation depth h (``block_depth``: blocks of consecutive elements summed in
+  vector lanes, then a pairwise tree of the blocks). A rigorous a-priori bound goes with them
+  (``_fast_bounds``): with γ_k = ku/(1 − ku), u = 2**-53 and η = 2**-1075 (the underflow of a
+  product), Σ fl(x − c)² <= B⁺ = (B̂ + nη)/(1 − γ_{h+1}), Σ|fl(x − c)| <= P⁺ = √(n·B⁺)
+  (Cauchy–Schwarz: no third sum), |Â − Σ(x − c)| <= e_A = (γ_h + 2u)·P⁺ and
+  |B̂ − Σ(x − c)²| <= e_B = (γ_{h+1} + 3u)·B⁺ + 2nη, then the few roundings of mean = c + Â/n
+  and var = (B̂ − Â·(Â/n))/(n − ddof) on top (S = Σ(x − c)² − (Σ(x − c))²/n exactly, for any
+  c). The vector lanes fuse each square into its sum (one rounding instead of two, which the
+  bound covers). A group is *certified* when both ends of [value − E, value + E], moved outward, round to
+  one output value (reference._certain_rounding): rounding is monotonic, so the exact value
+  rounds to it too. All-finite intervals only.
+- **Exact path** for every other group (near a rounding boundary, ill-conditioned beyond the
+  bound, non-finite, or an output format as wide as the accumulation: float64 output rarely
+  certifies): the exact sums of the group's stored values (reference's integer superaccumulator),
+  the rational mean S1/n and variance (n·S2 − S1²)/(n·(n − ddof)), rounded to the output format
+  once, by integer division at the value's quantum (``round_exactly``: ties to even, subnormals,
+  overflow to ±inf as IEEE 754 says). No intermediate rounding, so no double rounding.
+
+The reduction topology is irrelevant: the answer does not depend on the order of summation (any
+``topology`` argument is checked and recorded only). The result is the same bits on any thread
+count and device. 16-bit input is widened to float32 on the host first (exact).
+"""
+import math
+import warnings
+from fractions import Fraction
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import cache, cpu, precision, reference, simd
+
+#: a block: at most BLOCK consecutive elements of a group whose rows are contiguous, or
+#: COLUMN_BLOCK rows of channels-last groups; blocks meet in a pairwise tree (``block_depth``)
+BLOCK = 4096
+COLUMN_BLOCK = 512
+#: float64 lanes of the vector accumulators (two AVX2 registers)
+LANES = 8
+
+_UNIT = 2.0 ** -53
+_UNDERFLOW = 2.0 ** -1075
+#: the bound's own float64 evaluation (a few dozen roundings) and the 1/(1 − u) factors left out
+_BOUND_INFLATION = 1 + 2.0 ** -30
+
+
+# ---- CPU fast path: per-block sums, then a pairwise tree -----------------------------------------
+#
+# Explicit vectors (numerics.simd): numba leaves the SLP vectorizer off and fastmath is not used
+# (docs/architecture.md traps 3 and 9), so the LANES accumulators are one LLVM vector each, with
+# IEEE semantics per lane: the order of every sum is fixed by the data's shape alone.
+
+@intrinsic
+def fused_square_add(typingctx, total, value):
+    """total + value² per lane with one rounding (llvm.fma): fewer roundings than the separate
+    product and sum, so the bound holds, and one instruction fewer per vector on the add ports,
+    which bound the kernels' speed."""
+    if not isinstance(total, simd.Vector) or total != value:
+        return None
+
+    def codegen(context, builder, signature, arguments):
+        vector_type = context.get_value_type(total)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector_type, [vector_type] * 3),
+            f"llvm.fma.v{total.width}f{total.dtype.bitwidth}")
+        return builder.call(function, [arguments[1], arguments[1], arguments[0]])
+
+    return total(total, value), codegen
+
+
+@cache.cached()
+def _row_block_sums(x4, shifts, item, items_per_group, n):
+    """(Σd, Σd²) with d = x − shift over elements [b·BLOCK, (b + 1)·BLOCK) of a group whose
+    elements run contiguously in rows (reduced_inner > 1); item = group·items_per_group + b.
+    Element j of a row run goes to lane j mod LANES; the last (< LANES) of a run to a scalar
+    tail; then the lanes meet in a halving tree and the tail joins last."""
+    reduced_outer, kept_inner, reduced_inner = x4.shape[1], x4.shape[2], x4.shape[3]
+    group = item // items_per_group
+    outer, inner = group // kept_inner, group % kept_inner
+    shift = shifts[group]
+    start = (item % items_per_group) * BLOCK
+    stop = min(start + BLOCK, n)
+    firsts = simd.splat(0.0, LANES)
+    seconds = firsts
+    tail_first = 0.0
+    tail_second = 0.0
+    k = start
+    while k < stop:
+        row_index = k // reduced_inner
+        j = k - row_index * reduced_inner
+        end = min(reduced_inner, j + stop - k)
+        k += end - j
+        base = ((outer * reduced_outer + row_index) * kept_inner + inner) * reduced_inner
+        while j + LANES <= end:
+            d = simd.convert(simd.load(x4, base + j, LANES), np.float64) - shift
+            firsts = firsts + d
+            seconds = fused_square_add(seconds, d)
+            j += LANES
+        while j < end:
+            d0 = np.float64(x4.flat[base + j]) - shift
+            tail_first += d0
+            tail_second += d0 * d0
+            j += 1
+    return _lane_tree(firsts) + tail_first, _lane_tree(seconds) + tail_second
+
+
+@cache.cached()
+def _lane_tree(vector):
+    """The LANES lanes of a vector summed by a halving tree (depth log2 LANES)."""
+    return (((simd.extract(vector, 0) + simd.extract(vector, 1))
+             + (simd.extract(vector, 2) + simd.extract(vector, 3)))
+            + ((simd.extract(vector, 4) + simd.extract(vector, 5))
+               + (simd.extract(vector, 6) + simd.extract(vector, 7))))
+
+
+@cache.cached(nogil=True)
+def _rows_partials(x4, shifts, items_per_group, lo, hi, scratch, first_sums, second_sums):
+    """Block sums of the items lo..hi-1 (item = group·items_per_group + block) of groups whose
+    rows are contiguous, into first_sums[group, block] and second_sums[group, block]."""
+    n = x4.shape[1] * x4.shape[3]
+    for item in range(lo, hi):
+        first, second = _row_block_sums(x4, shifts, item, items_per_group, n)
+        first_sums[item // items_per_group, item % items_per_group] = first
+        second_sums[item // items_per_group, item % items_per_group] = second
+
+
+@cache.cached()
+def _column_block_sums(x4, shifts, outer, block, firsts, seconds):
+    """Channels-last groups (reduced_inner == 1): rows [block·COLUMN_BLOCK, ...) of one kept_outer
+    index, one sequential accumulator per group (``firsts[g]``, ``seconds[g]``), LANES groups per
+    vector."""
+    reduced_outer, kept_inner = x4.shape[1], x4.shape[2]
+    group_base = outer * kept_inner
+    vector_groups = kept_inner - kept_inner % LANES
+    for row_index in range(block * COLUMN_BLOCK, min((block + 1) * COLUMN_BLOCK, reduced_outer)):
+        base = (outer * reduced_outer + row_index) * kept_inner
+        for inner in range(0, vector_groups, LANES):
+            d = (simd.convert(simd.load(x4, base + inner, LANES), np.float64)
+                 - simd.load(shifts, group_base + inner, LANES))
+            simd.store(firsts, inner, simd.load(firsts, inner, LANES) + d)
+            simd.store(seconds, inner, fused_square_add(simd.load(seconds, inner, LANES), d))
+        for inner in range(vector_groups, kept_inner):
+            d0 = np.float64(x4.flat[base + inner]) - shifts[group_base + inner]
+            firsts[inner] += d0
+            seconds[inner] += d0 * d0
+
+
+@cache.cached(nogil=True)
+def _columns_partials(x4, shifts, lo, hi, scratch, first_sums, second_sums):
+    """Block sums of the items lo..hi-1 of channels-last groups: an item is COLUMN_BLOCK rows of
+    one kept_outer index, summed for all its kept_inner groups at once in ``scratch`` (2, groups)."""
+    kept_inner = x4.shape[2]
+    blocks = first_sums.shape[1]
+    for item in range(lo, hi):
+        outer, block = item // blocks, item % blocks
+        scratch[:] = 0.0
+        _column_block_sums(x4, shifts, outer, block, scratch[0], scratch[1])
+        first_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = scratch[0]
+        second_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = scratch[1]
+
+
+@cache.cached(nogil=True)
+def pairwise_totals(partials):
+    """Each row of ``partials`` summed by a pairwise tree (depth ⌈log2 columns⌉), in an order
+    fixed by the shape alone."""
+    rows, columns = partials.shape
+    totals = np.empty(rows)
+    values = np.empty(columns)
+    for group in range(rows):
+        values[:] = partials[group]
+        width = columns
+        while width > 1:
+            half = (width + 1) // 2
+            for index in range(width // 2):
+                values[index] = values[2 * index] + values[2 * index + 1]
+            if width % 2:
+                values[width // 2] = values[width - 1]
+            width = half
+        totals[group] = values[0]
+    return totals
+
+
+def tree_depth(count):
+    """⌈log2 count⌉ for count >= 1: the depth of ``pairwise_totals`` and of a halving tree."""
+    return max(int(count) - 1, 0).bit_length()
+
+
+def block_depth(reduced_inner):
+    """The summation depth of one block's sums: a channels-last block is COLUMN_BLOCK sequential
+    adds; a row block gives each lane at most BLOCK/LANES elements (then the lane tree) and the
+    tail at most LANES − 1 per row run it meets (at most ⌈BLOCK/reduced_inner⌉ + 1 runs), and the
+    tail joins in one more add."""
+    if reduced_inner == 1:
+        return COLUMN_BLOCK
+    runs = -(-BLOCK // reduced_inner) + 1
+    return max(BLOCK // LANES + tree_depth(LANES), min(BLOCK, (LANES - 1) * runs)) + 1
+
+
+def cpu_fast_sums(x4):
+    """(shifts, Σd, Σd², depth, threads) per group over a float32/float64 canonical view
+    (C-contiguous): d = x − the group's first element, depth the summation depth of the sums.
+    Work items are fixed by the shape and cut among the threads by numerics.cpu.run_split, so the
+    sums are the same bits on any thread count."""
+    kept_outer, reduced_outer, kept_inner, reduced_inner = x4.shape
+    shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
+    groups = kept_outer * kept_inner
+    threads = numba.get_num_threads() if x4.nbytes >= cpu.THREADED_BYTES else 1
+    if reduced_inner == 1:
+        blocks = -(-reduced_outer // COLUMN_BLOCK)
+        first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
+        threads = cpu.run_split(_columns_partials, ("columns", x4.dtype.str), kept_outer * blocks,
+                                (x4, shifts), [np.empty((2, kept_inner)) for _ in range(threads)],
+                                (first_sums, second_sums))
+    else:
+        blocks = -(-(reduced_outer * reduced_inner) // BLOCK)
+        first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
+        threads = cpu.run_split(_rows_partials, ("rows", x4.dtype.str), groups * blocks,
+                                (x4, shifts, blocks), [np.empty(0) for _ in range(threads)],
+                                (first_sums, second_sums))
+    depth = block_depth(reduced_inner) + tree_depth(blocks)
+    return (shifts, cache.call(pairwise_totals, "totals", first_sums),
+            pairwise_totals(second_sums), depth, threads)
+
+
+# ---- certification (host, shared by the CPU and the GPU) ------------------------------------------
+
+def _gamma(k):
+    return k * _UNIT / (1 - k * _UNIT)
+
+
+def _fast_bounds(n, ddof, depth, shifts, first_sums, second_sums):
+    """(mean, mean_error, var, var_error) per group in float64 from the fast sums, each error a
+    rigorous bound (module docstring; the bound's own evaluation is covered by _BOUND_INFLATION)."""
+    with np.errstate(all="ignore"):
+        second_upper = (second_sums + n * _UNDERFLOW) / (1 - _gamma(depth + 1))
+        abs_first_upper = np.sqrt(n * second_upper)
+        first_error = (_gamma(depth) + 2 * _UNIT) * abs_first_upper
+        second_error = (_gamma(depth + 1) + 3 * _UNIT) * second_upper + 2 * n * _UNDERFLOW
+        quotient = first_sums / n
+        mean = shifts + quotient
+        mean_error = (_UNIT * np.abs(mean) + _UNIT * np.abs(quotient) + first_error / n
+                      + 2 * _UNDERFLOW)
+        product = first_sums * quotient
+        squares = second_sums - product
+        abs_first = np.abs(first_sums)
+        squares_error = (_UNIT * np.abs(squares) + second_error + _UNIT * np.abs(product)
+                         + _UNIT * abs_first * abs_first / n + abs_first * _UNDERFLOW + _UNDERFLOW
+                         + first_error * (2 * abs_first + first_error) / n)
+        freedom = n - ddof
+        var = squares / freedom if freedom > 0 else np.full_like(squares, np.nan)
+        var_error = _UNIT * np.abs(var) + _UNDERFLOW + squares_error / max(freedom, 1)
+    return (mean, mean_error * _BOUND_INFLATION, var, var_error * _BOUND_INFLATION)
+
+
+def certify(n, ddof, depth, shifts, first_sums, second_sums, output_format):
+    """(means, mean_certain, variances, var_certain): the fast values rounded to the output format
+    (as float64) and where that rounding is proven correct. A zero mean is certified only with
+    its sign (the interval on one side of 0); a variance is never negative, so a certified zero
+    variance is +0."""
+    mean, mean_error, var, var_error = _fast_bounds(n, ddof, depth, shifts, first_sums,
+                                                    second_sums)
+    means, mean_certain = reference._certain_rounding(mean, mean_error, output_format)
+    with np.errstate(invalid="ignore"):
+        one_sided = np.abs(mean) > mean_error  # float comparison: exact
+    mean_certain &= (means != 0) | one_sided
+    variances, var_certain = reference._certain_rounding(var, var_error, output_format)
+    return (means.astype(np.float64), mean_certain, np.abs(variances.astype(np.float64)),
+            var_certain)
+
+
+# ---- exact path -----------------------------------------------------------------------------------
+
+#: significand bits p, least normal exponent and greatest exponent of each output format
+_LIMITS = {name: (precision.SIGNIFICAND_BITS[name], least, greatest)
+           for name, least, greatest in (("float16", -14, 15), ("bfloat16", -126, 127),
+                                         ("float32", -126, 127), ("float64", -1022, 1023))}
+
+
+def round_exactly(value, output_format):
+    """A Fraction correctly rounded (to nearest, ties to even) to the output format, as float64:
+    the quotient and remainder of integer division at the value's quantum decide the rounding
+    (no walk over neighbours as in reference._exact_rounding, nine times slower on a float32
+    value; float64 output sends every group here). Subnormals keep the least normal quantum; a
+    result past the largest finite value is ±inf, as IEEE 754 says; an exact zero gives +0, a tiny
+    negative value −0."""
+    precision_bits, least_exponent, greatest_exponent = _LIMITS[output_format]
+    numerator, denominator = abs(value.numerator), value.denominator
+    if numerator == 0:
+        return 0.0
+    exponent = numerator.bit_length() - denominator.bit_length()  # 2**exponent <= |value| < ...
+    if (numerator << max(-exponent, 0)) < (denominator << max(exponent, 0)):
+        exponent -= 1
+    shift = max(exponent, least_exponent) - precision_bits + 1  # the quantum is 2**shift
+    multiple, remainder = divmod(numerator << max(-shift, 0), denominator << max(shift, 0))
+    twice_remainder, quantum = 2 * remainder, denominator << max(shift, 0)
+    if twice_remainder > quantum or (twice_remainder == quantum and multiple & 1):
+        multiple += 1
+    largest = ((1 << precision_bits) - 1) << (greatest_exponent - precision_bits + 1)
+    # below the largest binade the quantum is under 1 (shift < 0) and nothing can overflow
+    result = math.inf if shift >= 0 and multiple << shift > largest else math.ldexp(multiple, shift)
+    return -result if value < 0 else result
+
+
+def exact_statistics(group_values, ddof, output_format):
+    """(means, variances, overflowed) of the rows of ``group_values`` (one group per row, its
+    stored values in any order), each correctly rounded from the exact sums; NaN and Inf follow
+    the reference's rule (numerics.reference); ``overflowed``: rows of finite values whose
+    statistic rounded to ±inf."""
+    sums = reference._scaled_sums(group_values, "layer", None, "NCHW")
+    count, scale = sums.count, sums.scale
+    means, variances, overflowed = [], [], 0
+    for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
+        if group in sums.nonfinite:
+            means.append(reference._nonfinite_mean(*sums.nonfinite[group]))
+            variances.append(math.nan)
+            continue
+        means.append(round_exactly(Fraction(scaled_sum, count * scale), output_format))
+        if count - ddof <= 0:
+            variances.append(math.nan)
+        else:
+            variances.append(round_exactly(
+                Fraction(count * scaled_square - scaled_sum * scaled_sum,
+                         count * (count - ddof) * scale * scale), output_format))
+        overflowed += math.isinf(means[-1]) or math.isinf(variances[-1])
+    return np.array(means, np.float64), np.array(variances, np.float64), overflowed
+
+
+def group_rows(x4, groups):
+    """The stored values of the chosen groups of a canonical view, one group per row."""
+    kept_inner = x4.shape[2]
+    return np.stack([x4[group // kept_inner, :, group % kept_inner, :].reshape(-1)
+                     for group in groups])
+
+
+# ---- entry point ----------------------------------------------------------------------------------
+
+def fast_input(x):
+    """The float32/float64 array the fast path reads: 16-bit formats widen to float32 (exact)."""
+    if x.dtype in (np.float32, np.float64):
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def moments(x, view, ddof, output_format, device, device_options):
+    """(means, variances, kernel, details) of every group of ``x`` (numpy, or a CUDA device array
+    for device "cuda"), correctly rounded to ``output_format``, as arrays of that format in the
+    statistics shape; called by numerics.statistics.moments after its checks."""
+    n = view.group_size
+    if device == "cpu":
+        x4 = fast_input(x).reshape(view.view_shape)
+        shifts, first_sums, second_sums, depth, threads = cpu_fast_sums(x4)
+        kernel = "correctly_rounded.cpu"
+    else:
+        from . import gpu_correctly_rounded
+        x4, shifts, first_sums, second_sums, depth = gpu_correctly_rounded.fast_sums(
+            x, view, **device_options)
+        threads = None
+        kernel = "correctly_rounded.cuda"
+    means, mean_certain, variances, var_certain = certify(n, ddof, depth, shifts, first_sums,
+                                                          second_sums, output_format)
+    certified = mean_certain & (var_certain | (n - ddof <= 0))
+    undecided = np.flatnonzero(~certified)
+    # a certified group's input is finite (its sums are): an infinite result is an overflow
+    overflowed = int(np.count_nonzero(certified & (np.isinf(means) | np.isinf(variances))))
+    if undecided.size:
+        host = x4 if isinstance(x4, np.ndarray) else x4.copy_to_host()
+        exact_means, exact_variances, exact_overflowed = exact_statistics(
+            group_rows(host, undecided), ddof, output_format)
+        means[undecided], variances[undecided] = exact_means, exact_variances
+        overflowed += exact_overflowed
+    if n - ddof <= 0:
+        variances[:] = np.nan
+        warnings.warn(f"degrees of freedom <= 0: each group has {n} element(s) and ddof={ddof}; "
+                      f"the variance is NaN", RuntimeWarning, stacklevel=3)
+    if overflowed:
+        warnings.warn(f"the exact statistics of {overflowed} group(s) of finite input lie past "
+                      f"the range of {output_format}: correctly rounded to ±inf", RuntimeWarning,
+                      stacklevel=3)
+    dtype = precision.NUMPY_DTYPES[output_format]
+    details = (("summation_depth", depth), ("certified_groups", view.group_count - undecided.size),
+               ("exact_groups", int(undecided.size))) + ((("threads", threads),) if threads else ())
+    return (means.astype(dtype).reshape(view.stats_shape),
+            variances.astype(dtype).reshape(view.stats_shape), kernel, details)
