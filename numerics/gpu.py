@@ -1,9 +1,12 @@
 """GPU kernels (numba.cuda) realising the reduction order of numerics.topology, and their launcher.
 
 The rules are the scalar functions of algorithms.py, compiled as CUDA device functions by
-targets.py (docs/architecture.md section 2): this module only walks memory and merges states, in the
-order the Topology defines, so ``moments(..., device="cpu", topology=t)`` replays a GPU run with
-topology ``t`` bit for bit (with ``fma="separate"``). A GPU run with ``Topology(lanes=T, block=B)``:
+targets.py (docs/architecture.md section 2): the kernels are module-level functions whose first
+argument, a targets.GpuContext, names by its type what they are specialised for (rule family,
+formats, FMA mode) and carries the rules as its methods. This module only walks memory and merges
+states, in the order the Topology defines, so ``moments(..., device="cpu", topology=t)`` replays
+a GPU run with topology ``t`` bit for bit (with ``fma="separate"``). A GPU run with
+``Topology(lanes=T, block=B)``:
 
 1. a *unit* is one block of B consecutive elements of one group; lane t of a unit pushes its
    elements j = t, t + T, t + 2T, ... in order (the CPU lane rule), each lane on one thread;
@@ -33,11 +36,12 @@ it is recorded in every Run with the launch geometry. Scratch buffers stay alloc
 Importing this module needs neither a GPU nor the CUDA toolkit; ``moments`` without a GPU raises
 NoGPUError, which names the simulator (NUMBA_ENABLE_CUDASIM=1).
 """
-import functools
 import threading
 from dataclasses import dataclass
 
 import numpy as np
+# a numba type, not numpy's: the simulator sizes a dynamic shared array by ``dtype.itemsize``
+from numba import int64
 
 from . import algorithms, precision, targets
 from .plan import PASS_ONE, ROWS, SEGMENTS, kernel_for
@@ -128,285 +132,291 @@ def stepping(step, kept_inner, reduced_inner):
     return step_q, step_rows * row_stride + step_q, row_stride - reduced_inner
 
 
+# the same functions as device functions of the kernels
+device_element_offset = targets.gpu_inline(element_offset)
+device_row_offset = targets.gpu_inline(row_offset)
+device_advance = targets.gpu_inline(advance)
+device_stepping = targets.gpu_inline(stepping)
+
+
 # ---- the two merge trees, run in parallel by the threads of a CUDA block --------------------------
 
-def lane_tree(merge):
-    """``merge_sets(counts, firsts, seconds, sets, lanes, thread, threads)``: merge each of ``sets``
-    consecutive sets of ``lanes`` states (shared arrays) by the lane tree of topology.merge_lanes;
-    set s ends in slot s * lanes. The threads share each level's merges; every thread of the CUDA
-    block must call it (it synchronizes the block)."""
-
-    def merge_sets(counts, firsts, seconds, sets, lanes, thread, threads):
+@targets.gpu_inline
+def merge_lane_sets(ctx, counts, firsts, seconds, sets, lanes, thread, threads):
+    """Merge each of ``sets`` consecutive sets of ``lanes`` states (shared arrays) by the lane tree
+    of topology.merge_lanes, with ``ctx.merge``; set s ends in slot s * lanes. The threads share
+    each level's merges; every thread of the CUDA block must call it (it synchronizes the block)."""
+    cuda.syncthreads()
+    width = lanes if lanes <= WARP_SIZE else WARP_SIZE
+    segments = lanes // width
+    # inside each warp segment: lane t takes lane t + offset, for t < offset
+    offset = width // 2
+    while offset >= 1:
+        for item in range(thread, sets * segments * offset, threads):
+            segment = item // offset
+            a = segment * width + (item - segment * offset)
+            b = a + offset
+            counts[a], firsts[a], seconds[a] = ctx.merge(counts[a], firsts[a], seconds[a],
+                                                         counts[b], firsts[b], seconds[b])
         cuda.syncthreads()
-        width = lanes if lanes <= WARP_SIZE else WARP_SIZE
-        segments = lanes // width
-        # inside each warp segment: lane t takes lane t + offset, for t < offset
-        offset = width // 2
-        while offset >= 1:
-            for item in range(thread, sets * segments * offset, threads):
-                segment = item // offset
-                a = segment * width + (item - segment * offset)
-                b = a + offset
-                counts[a], firsts[a], seconds[a] = merge(counts[a], firsts[a], seconds[a],
+        offset //= 2
+    # over the warp results (slot s * lanes + w * width): warp w takes warp w + offset
+    offset = segments // 2
+    while offset >= 1:
+        for item in range(thread, sets * offset, threads):
+            s = item // offset
+            a = s * lanes + (item - s * offset) * width
+            b = a + offset * width
+            counts[a], firsts[a], seconds[a] = ctx.merge(counts[a], firsts[a], seconds[a],
                                                          counts[b], firsts[b], seconds[b])
-            cuda.syncthreads()
-            offset //= 2
-        # over the warp results (slot s * lanes + w * width): warp w takes warp w + offset
-        offset = segments // 2
-        while offset >= 1:
-            for item in range(thread, sets * offset, threads):
-                s = item // offset
-                a = s * lanes + (item - s * offset) * width
-                b = a + offset * width
-                counts[a], firsts[a], seconds[a] = merge(counts[a], firsts[a], seconds[a],
+        cuda.syncthreads()
+        offset //= 2
+
+
+@targets.gpu_inline
+def merge_unit_states(ctx, counts, firsts, seconds, base, units, thread, threads):
+    """Merge the ``units`` states at base, base + 1, ... (global arrays) by the adjacent pairwise
+    tree of topology.merge_blocks, with ``ctx.merge``, the threads sharing each level; the result
+    ends at ``base``."""
+    step = 1
+    while step < units:
+        pairs = (units - step + 2 * step - 1) // (2 * step)
+        for pair in range(thread, pairs, threads):
+            a = base + pair * 2 * step
+            b = a + step
+            counts[a], firsts[a], seconds[a] = ctx.merge(counts[a], firsts[a], seconds[a],
                                                          counts[b], firsts[b], seconds[b])
-            cuda.syncthreads()
-            offset //= 2
-
-    return merge_sets
-
-
-def block_tree(merge):
-    """``merge_units(counts, firsts, seconds, base, units, thread, threads)``: merge the ``units``
-    states at base, base + 1, ... (global arrays) by the adjacent pairwise tree of
-    topology.merge_blocks, the threads sharing each level; the result ends at ``base``."""
-
-    def merge_units(counts, firsts, seconds, base, units, thread, threads):
-        step = 1
-        while step < units:
-            pairs = (units - step + 2 * step - 1) // (2 * step)
-            for pair in range(thread, pairs, threads):
-                a = base + pair * 2 * step
-                b = a + step
-                counts[a], firsts[a], seconds[a] = merge(counts[a], firsts[a], seconds[a],
-                                                         counts[b], firsts[b], seconds[b])
-            # block barrier: makes the level's global writes visible to the next level's readers
-            cuda.syncthreads()
-            step *= 2
-
-    return merge_units
+        # block barrier: makes the level's global writes visible to the next level's readers
+        cuda.syncthreads()
+        step *= 2
 
 
-# ---- kernels -------------------------------------------------------------------------------------
+# ---- the streaming kernels -----------------------------------------------------------------------
 
 def shared_bytes(states, acc_format):
     """Dynamic shared memory for ``states`` lane states: a count and two compute-type values each."""
     return states * (8 + 2 * precision.COMPUTE_DTYPES[acc_format].itemsize)
 
 
-def shared_states(compute_type):
-    """``lane_states(states)``: the (counts, firsts, seconds) shared arrays of ``states`` lane
-    states, carved out of the dynamic shared memory of the launch (shared_bytes): the two value
-    arrays first, then the int64 counts (8-byte aligned, as 2 * states values are). Dynamic and
-    not static (``cuda.shared.array(1024, ...)``) because the simulator finds a static shared
-    array by its call site in a dict without a lock, which its threads race on (two threads of a
-    CUDA block can get different arrays); sized per launch, it also keeps occupancy up."""
-    from numba import from_dtype, int64
-
-    offset_unit = 8 // np.dtype(compute_type).itemsize
-    # numba types, not numpy ones: the simulator sizes a dynamic array by ``dtype.itemsize``
-    value_type = from_dtype(np.dtype(compute_type))
-
-    def lane_states(states):
-        values = cuda.shared.array(0, value_type)
-        counts = cuda.shared.array(0, int64)
-        return (counts[2 * states // offset_unit:2 * states // offset_unit + states],
-                values[:states], values[states:2 * states])
-
-    return lane_states
+@targets.gpu_inline
+def lane_states(states, like):
+    """The (counts, firsts, seconds) shared arrays of ``states`` lane states, the values of the
+    dtype of the array ``like``, carved out of the dynamic shared memory of the launch
+    (shared_bytes): the two value arrays first, then the int64 counts (8-byte aligned, as
+    2 * states values are). Dynamic and not static (``cuda.shared.array(1024, ...)``) because the
+    simulator finds a static shared array by its call site in a dict without a lock, which its
+    threads race on (two threads of a CUDA block can get different arrays); sized per launch, it
+    also keeps occupancy up."""
+    values = cuda.shared.array(0, like.dtype)
+    counts = cuda.shared.array(0, int64)
+    counts_start = 2 * states // (8 // values.itemsize)
+    return (counts[counts_start:counts_start + states], values[:states],
+            values[states:2 * states])
 
 
-@functools.lru_cache(maxsize=None)
-def reduction_kernels(family, input_format, acc_format, fma):
-    """The two streaming kernels of one family of rules: each writes one state per unit."""
-    scalar = targets.gpu_scalar_functions(family, input_format, acc_format, fma)
-    push = scalar["push"]
-    load = scalar["load"]
-    to_acc = scalar["to_acc"]
-    merge_sets = targets.gpu_inline(lane_tree(scalar["merge"]))
-    offset_of = targets.gpu_inline(element_offset)
-    row_offset_of = targets.gpu_inline(row_offset)
-    step = targets.gpu_inline(advance)
-    steps = targets.gpu_inline(stepping)
-    lane_states = targets.gpu_inline(shared_states(compute_type_of(acc_format)))
+@targets.gpu_inline
+def segment_lane(ctx, x, center, k1, k2, start, stop, reduced_outer, kept_inner, reduced_inner,
+                 lanes):
+    """(count, first, second) of the lane that pushes elements start, start + lanes, ... (below
+    ``stop``) of group (k1, k2)."""
+    count = 0
+    first = ctx.to_acc(0)
+    second = ctx.to_acc(0)
+    step_q, jump, carry = device_stepping(lanes, kept_inner, reduced_inner)
+    i = start
+    offset, q = device_element_offset(k1, k2, i, reduced_outer, kept_inner, reduced_inner)
+    # four independent loads in flight per thread, then the pushes in element order
+    while i + 3 * lanes < stop:
+        offset_2, q = device_advance(offset, q, step_q, jump, reduced_inner, carry)
+        offset_3, q = device_advance(offset_2, q, step_q, jump, reduced_inner, carry)
+        offset_4, q = device_advance(offset_3, q, step_q, jump, reduced_inner, carry)
+        value_1 = x[offset]
+        value_2 = x[offset_2]
+        value_3 = x[offset_3]
+        value_4 = x[offset_4]
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_1))
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_2))
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_3))
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_4))
+        offset, q = device_advance(offset_4, q, step_q, jump, reduced_inner, carry)
+        i += 4 * lanes
+    while i < stop:
+        count, first, second = ctx.push(count, center, first, second, ctx.load(x[offset]))
+        offset, q = device_advance(offset, q, step_q, jump, reduced_inner, carry)
+        i += lanes
+    return count, first, second
 
-    def reduce_segments(x, centers, reduced_outer, kept_inner, reduced_inner, size, block, blocks,
-                        units, lanes, out_counts, out_firsts, out_seconds):
-        thread = np.int64(cuda.threadIdx.x)
-        threads = np.int64(cuda.blockDim.x)
-        counts, firsts, seconds = lane_states(threads)
-        sets = threads // lanes
-        local_unit = thread // lanes
-        lane = thread - local_unit * lanes
-        unit = np.int64(cuda.blockIdx.x) * sets + local_unit
+
+@targets.gpu_kernel
+def reduce_segments(ctx, x, centers, reduced_outer, kept_inner, reduced_inner, size, block, blocks,
+                    units, lanes, out_counts, out_firsts, out_seconds):
+    """One state per unit, a unit being one block of one group reduced by ``lanes`` threads."""
+    thread = np.int64(cuda.threadIdx.x)
+    threads = np.int64(cuda.blockDim.x)
+    counts, firsts, seconds = lane_states(threads, out_firsts)
+    sets = threads // lanes
+    local_unit = thread // lanes
+    lane = thread - local_unit * lanes
+    unit = np.int64(cuda.blockIdx.x) * sets + local_unit
+    count = 0
+    first = ctx.to_acc(0)
+    second = ctx.to_acc(0)
+    if unit < units:
+        group = unit // blocks
+        start = (unit - group * blocks) * block
+        k1 = group // kept_inner
+        count, first, second = segment_lane(ctx, x, centers[group], k1, group - k1 * kept_inner,
+                                            start + lane, min(start + block, size), reduced_outer,
+                                            kept_inner, reduced_inner, lanes)
+    counts[thread] = count
+    firsts[thread] = first
+    seconds[thread] = second
+    merge_lane_sets(ctx, counts, firsts, seconds, sets, lanes, thread, threads)
+    if lane == 0 and unit < units:
+        out_counts[unit] = counts[thread]
+        out_firsts[unit] = firsts[thread]
+        out_seconds[unit] = seconds[thread]
+
+
+@targets.gpu_inline
+def row_lane(ctx, x, center, offset, p, stop_row, lane_rows, jump):
+    """(count, first, second) of the lane that pushes rows p, p + lane_rows, ... (below
+    ``stop_row``) of one column, from flat offset ``offset``, ``jump`` elements per step."""
+    count = 0
+    first = ctx.to_acc(0)
+    second = ctx.to_acc(0)
+    # four independent loads in flight per thread, then the pushes in row order
+    while p + 3 * lane_rows < stop_row:
+        value_1 = x[offset]
+        value_2 = x[offset + jump]
+        value_3 = x[offset + 2 * jump]
+        value_4 = x[offset + 3 * jump]
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_1))
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_2))
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_3))
+        count, first, second = ctx.push(count, center, first, second, ctx.load(value_4))
+        offset += 4 * jump
+        p += 4 * lane_rows
+    while p < stop_row:
+        count, first, second = ctx.push(count, center, first, second, ctx.load(x[offset]))
+        offset += jump
+        p += lane_rows
+    return count, first, second
+
+
+@targets.gpu_kernel
+def reduce_rows(ctx, x, centers, reduced_outer, kept_inner, reduced_inner, block_rows, blocks,
+                tiles, tile_width, lanes, out_counts, out_firsts, out_seconds):
+    """One state per unit, a CUDA block reducing one block of rows of a tile of whole groups."""
+    thread = np.int64(cuda.threadIdx.x)
+    threads = np.int64(cuda.blockDim.x)
+    sets = tile_width // reduced_inner
+    counts, firsts, seconds = lane_states(sets * lanes, out_firsts)
+    row_length = kept_inner * reduced_inner
+    lane_rows = lanes // reduced_inner
+    tile_block = np.int64(cuda.blockIdx.x)
+    outer_block = tile_block // tiles
+    tile = tile_block - outer_block * tiles
+    k1 = outer_block // blocks
+    b = outer_block - k1 * blocks
+    first_column = tile * tile_width
+    first_row = b * block_rows
+    stop_row = min(first_row + block_rows, reduced_outer)
+    for item in range(thread, lane_rows * tile_width, threads):
+        r = item // tile_width
+        c = item - r * tile_width
+        set_index = c // reduced_inner
+        q = c - set_index * reduced_inner
+        column = first_column + c
         count = 0
-        first = to_acc(0)
-        second = to_acc(0)
-        if unit < units:
-            group = unit // blocks
-            start = (unit - group * blocks) * block
-            stop = min(start + block, size)
-            k1 = group // kept_inner
-            k2 = group - k1 * kept_inner
-            center = centers[group]
-            step_q, jump, carry = steps(lanes, kept_inner, reduced_inner)
-            i = start + lane
-            offset, q = offset_of(k1, k2, i, reduced_outer, kept_inner, reduced_inner)
-            # four independent loads in flight per thread, then the pushes in element order
-            while i + 3 * lanes < stop:
-                offset_2, q = step(offset, q, step_q, jump, reduced_inner, carry)
-                offset_3, q = step(offset_2, q, step_q, jump, reduced_inner, carry)
-                offset_4, q = step(offset_3, q, step_q, jump, reduced_inner, carry)
-                value_1 = x[offset]
-                value_2 = x[offset_2]
-                value_3 = x[offset_3]
-                value_4 = x[offset_4]
-                count, first, second = push(count, center, first, second, load(value_1))
-                count, first, second = push(count, center, first, second, load(value_2))
-                count, first, second = push(count, center, first, second, load(value_3))
-                count, first, second = push(count, center, first, second, load(value_4))
-                offset, q = step(offset_4, q, step_q, jump, reduced_inner, carry)
-                i += 4 * lanes
-            while i < stop:
-                count, first, second = push(count, center, first, second, load(x[offset]))
-                offset, q = step(offset, q, step_q, jump, reduced_inner, carry)
-                i += lanes
-        counts[thread] = count
-        firsts[thread] = first
-        seconds[thread] = second
-        merge_sets(counts, firsts, seconds, sets, lanes, thread, threads)
-        if lane == 0 and unit < units:
-            out_counts[unit] = counts[thread]
-            out_firsts[unit] = firsts[thread]
-            out_seconds[unit] = seconds[thread]
+        first = ctx.to_acc(0)
+        second = ctx.to_acc(0)
+        if column < row_length:
+            p = first_row + r
+            count, first, second = row_lane(
+                ctx, x, centers[k1 * kept_inner + column // reduced_inner],
+                device_row_offset(k1, p, column, reduced_outer, row_length), p, stop_row,
+                lane_rows, lane_rows * row_length)
+        slot = set_index * lanes + r * reduced_inner + q
+        counts[slot] = count
+        firsts[slot] = first
+        seconds[slot] = second
+    merge_lane_sets(ctx, counts, firsts, seconds, sets, lanes, thread, threads)
+    for s in range(thread, sets, threads):
+        column = first_column + s * reduced_inner
+        if column < row_length:
+            unit = (k1 * kept_inner + column // reduced_inner) * blocks + b
+            out_counts[unit] = counts[s * lanes]
+            out_firsts[unit] = firsts[s * lanes]
+            out_seconds[unit] = seconds[s * lanes]
 
-    def reduce_rows(x, centers, reduced_outer, kept_inner, reduced_inner, block_rows, blocks, tiles,
-                    tile_width, lanes, out_counts, out_firsts, out_seconds):
-        thread = np.int64(cuda.threadIdx.x)
-        threads = np.int64(cuda.blockDim.x)
-        sets = tile_width // reduced_inner
-        counts, firsts, seconds = lane_states(sets * lanes)
-        row_length = kept_inner * reduced_inner
-        lane_rows = lanes // reduced_inner
-        jump = lane_rows * row_length
-        tile_block = np.int64(cuda.blockIdx.x)
-        outer_block = tile_block // tiles
-        tile = tile_block - outer_block * tiles
-        k1 = outer_block // blocks
-        b = outer_block - k1 * blocks
-        first_column = tile * tile_width
-        first_row = b * block_rows
-        stop_row = min(first_row + block_rows, reduced_outer)
-        for item in range(thread, lane_rows * tile_width, threads):
-            r = item // tile_width
-            c = item - r * tile_width
-            set_index = c // reduced_inner
-            q = c - set_index * reduced_inner
-            column = first_column + c
-            count = 0
-            first = to_acc(0)
-            second = to_acc(0)
-            if column < row_length:
-                center = centers[k1 * kept_inner + column // reduced_inner]
-                p = first_row + r
-                offset = row_offset_of(k1, p, column, reduced_outer, row_length)
-                # four independent loads in flight per thread, then the pushes in row order
-                while p + 3 * lane_rows < stop_row:
-                    value_1 = x[offset]
-                    value_2 = x[offset + jump]
-                    value_3 = x[offset + 2 * jump]
-                    value_4 = x[offset + 3 * jump]
-                    count, first, second = push(count, center, first, second, load(value_1))
-                    count, first, second = push(count, center, first, second, load(value_2))
-                    count, first, second = push(count, center, first, second, load(value_3))
-                    count, first, second = push(count, center, first, second, load(value_4))
-                    offset += 4 * jump
-                    p += 4 * lane_rows
-                while p < stop_row:
-                    count, first, second = push(count, center, first, second, load(x[offset]))
-                    offset += jump
-                    p += lane_rows
-            slot = set_index * lanes + r * reduced_inner + q
-            counts[slot] = count
-            firsts[slot] = first
-            seconds[slot] = second
-        merge_sets(counts, firsts, seconds, sets, lanes, thread, threads)
-        for s in range(thread, sets, threads):
-            column = first_column + s * reduced_inner
-            if column < row_length:
-                unit = (k1 * kept_inner + column // reduced_inner) * blocks + b
-                out_counts[unit] = counts[s * lanes]
-                out_firsts[unit] = firsts[s * lanes]
-                out_seconds[unit] = seconds[s * lanes]
 
-    return {SEGMENTS: targets.gpu_kernel(reduce_segments), ROWS: targets.gpu_kernel(reduce_rows)}
+#: the streaming kernel of each plan.kernel_for choice
+REDUCTIONS = {SEGMENTS: reduce_segments, ROWS: reduce_rows}
 
+
+# ---- the kernels before and after streaming ------------------------------------------------------
 
 #: the FMA mode of the kernels that multiply nothing (they are the same code in either mode)
 WITHOUT_PRODUCTS = "separate"
 
 
-@functools.lru_cache(maxsize=None)
-def first_element_kernel(input_format, acc_format):
+@targets.gpu_kernel
+def first_elements(ctx, x, reduced_outer, kept_inner, reduced_inner, groups, centers):
     """centers[group] = the group's first element (the shift of the shifted rule)."""
-    load = targets.gpu_scalar_functions(algorithms.CENTERED_SUMS, input_format, acc_format,
-                                        WITHOUT_PRODUCTS)["load"]
-    offset_of = targets.gpu_inline(element_offset)
-
-    def first_elements(x, reduced_outer, kept_inner, reduced_inner, groups, centers):
-        group = np.int64(cuda.grid(1))
-        if group < groups:
-            k1 = group // kept_inner
-            offset, _ = offset_of(k1, group - k1 * kept_inner, 0, reduced_outer, kept_inner,
-                                  reduced_inner)
-            centers[group] = load(x[offset])
-
-    return targets.gpu_kernel(first_elements)
+    group = np.int64(cuda.grid(1))
+    if group < groups:
+        k1 = group // kept_inner
+        offset, _ = device_element_offset(k1, group - k1 * kept_inner, 0, reduced_outer,
+                                          kept_inner, reduced_inner)
+        centers[group] = ctx.load(x[offset])
 
 
 def finishing_formats(acc_format):
-    """The scalar functions the finishing kernels use read no input: one build per accumulator."""
+    """The context formats of the finishing kernels, which read no input: one build per
+    accumulator."""
     return precision.COMPUTE_DTYPES[acc_format].name, acc_format
 
 
-@functools.lru_cache(maxsize=None)
-def pass_one_kernel(acc_format):
-    """Per group (one CUDA block each): merge the pass-one unit states of the two-pass rules by the
-    block tree and store their mean, sum(x)/n, as the group's center for pass two."""
-    scalar = targets.gpu_scalar_functions(algorithms.CENTERED_SUMS, *finishing_formats(acc_format),
-                                          WITHOUT_PRODUCTS)
-    merge_units = targets.gpu_inline(block_tree(scalar["merge"]))
-    pass_one_mean = scalar["pass_one_mean"]
-
-    def pass_one_means(counts, firsts, seconds, blocks, centers):
-        group = np.int64(cuda.blockIdx.x)
-        thread = np.int64(cuda.threadIdx.x)
-        base = group * blocks
-        merge_units(counts, firsts, seconds, base, blocks, thread, np.int64(cuda.blockDim.x))
-        if thread == 0:
-            centers[group] = pass_one_mean(counts[base], firsts[base])
-
-    return targets.gpu_kernel(pass_one_means)
+@targets.gpu_inline
+def merge_group(ctx, counts, firsts, seconds, blocks):
+    """Merge the ``blocks`` unit states of the group of this CUDA block (one group each) by the
+    block tree. Returns (group, the index of its merged state, whether this thread stores the
+    result)."""
+    group = np.int64(cuda.blockIdx.x)
+    thread = np.int64(cuda.threadIdx.x)
+    base = group * blocks
+    merge_unit_states(ctx, counts, firsts, seconds, base, blocks, thread,
+                      np.int64(cuda.blockDim.x))
+    return group, base, thread == 0
 
 
-@functools.lru_cache(maxsize=None)
-def finalize_kernel(family, acc_format, fma):
-    """Per group (one CUDA block each): merge the unit states by the block tree and finalize to
-    (mean, variance)."""
-    scalar = targets.gpu_scalar_functions(family, *finishing_formats(acc_format), fma)
-    merge_units = targets.gpu_inline(block_tree(scalar["merge"]))
-    finalize = scalar["finalize"]
+@targets.gpu_kernel
+def pass_one_means(ctx, counts, firsts, seconds, blocks, centers):
+    """Per group: merge the pass-one unit states of the two-pass rules by the block tree and store
+    their mean, sum(x)/n, as the group's center for pass two."""
+    group, base, stores = merge_group(ctx, counts, firsts, seconds, blocks)
+    if stores:
+        centers[group] = algorithms.pass_one_mean(ctx, counts[base], firsts[base])
 
-    def finalize_groups(algorithm, counts, firsts, seconds, blocks, centers, ddof, means, variances):
-        group = np.int64(cuda.blockIdx.x)
-        thread = np.int64(cuda.threadIdx.x)
-        base = group * blocks
-        merge_units(counts, firsts, seconds, base, blocks, thread, np.int64(cuda.blockDim.x))
-        if thread == 0:
-            means[group], variances[group] = finalize(algorithm, counts[base], centers[group],
-                                                      firsts[base], seconds[base], ddof)
 
-    return targets.gpu_kernel(finalize_groups)
+@targets.gpu_kernel
+def finalize_groups(ctx, algorithm, counts, firsts, seconds, blocks, centers, ddof, means,
+                    variances):
+    """Per group: merge the unit states by the block tree and finalize to (mean, variance)."""
+    group, base, stores = merge_group(ctx, counts, firsts, seconds, blocks)
+    if stores:
+        means[group], variances[group] = algorithms.finalize(ctx, algorithm, counts[base],
+                                                             centers[group], firsts[base],
+                                                             seconds[base], ddof)
+
+
+@targets.gpu_kernel
+def clamp(variances):
+    """max(variance, 0) in place (NaN stays NaN)."""
+    i = cuda.grid(1)
+    if i < variances.size and variances[i] < 0:
+        variances[i] = 0
 
 
 # ---- launch geometry -------------------------------------------------------------------------------
@@ -497,6 +507,8 @@ class GpuTarget:
         self.x, self.view, self.rule, self.topology = x, view, rule, topology
         self.on_host = on_host  # whether the results go back to the host
         self.formats, self.fma, self.launch = (input_format, acc_format), fma, launch
+        # the finishing kernels' contexts read no input (finishing_formats)
+        self.finishing = finishing_formats(acc_format)
         self.compute_type = compute_type_of(acc_format)
         self.groups = view.group_count
         units = self.groups * launch.blocks
@@ -510,23 +522,24 @@ class GpuTarget:
 
     def first_elements(self):
         centers = workspace("centers", self.groups, self.compute_type)
-        first_element_kernel(*self.formats)[-(-self.groups // 128), 128](
-            self.x, self.view.reduced_outer, self.view.kept_inner, self.view.reduced_inner,
+        ctx = targets.gpu_context(algorithms.CENTERED_SUMS, *self.formats, WITHOUT_PRODUCTS)
+        first_elements[-(-self.groups // 128), 128](
+            ctx, self.x, self.view.reduced_outer, self.view.kept_inner, self.view.reduced_inner,
             self.groups, centers)
         return centers
 
     def reduce(self, mode, centers):
         view, launch = self.view, self.launch
         family = algorithms.CENTERED_SUMS if mode == PASS_ONE else self.rule.family
-        kernel = reduction_kernels(family, *self.formats, self.fma)[launch.kernel]
-        configured = kernel[launch.cuda_blocks, launch.threads_per_block, 0,
+        ctx = targets.gpu_context(family, *self.formats, self.fma)
+        configured = REDUCTIONS[launch.kernel][launch.cuda_blocks, launch.threads_per_block, 0,
                             shared_bytes(launch.states, self.formats[1])]
         shape = (view.reduced_outer, view.kept_inner, view.reduced_inner)
         if launch.kernel == SEGMENTS:
-            configured(self.x, centers, *shape, view.group_size, launch.block, launch.blocks,
+            configured(ctx, self.x, centers, *shape, view.group_size, launch.block, launch.blocks,
                        self.groups * launch.blocks, self.topology.lanes, *self.states)
         else:
-            configured(self.x, centers, *shape, launch.block // view.reduced_inner, launch.blocks,
+            configured(ctx, self.x, centers, *shape, launch.block // view.reduced_inner, launch.blocks,
                        launch.tiles, launch.tile_width, self.topology.lanes, *self.states)
 
     def both_passes(self, centers):
@@ -534,8 +547,9 @@ class GpuTarget:
 
     def pass_one_means(self, centers):
         centers = workspace("centers", self.groups, self.compute_type)
-        pass_one_kernel(self.formats[1])[self.groups, self.finish_threads](
-            *self.states, self.launch.blocks, centers)
+        ctx = targets.gpu_context(algorithms.CENTERED_SUMS, *self.finishing, WITHOUT_PRODUCTS)
+        pass_one_means[self.groups, self.finish_threads](
+            ctx, *self.states, self.launch.blocks, centers)
         return centers
 
     def finalize(self, algorithm, centers, ddof):
@@ -545,9 +559,9 @@ class GpuTarget:
                             if self.on_host
                             else (cuda.device_array(self.groups, self.compute_type),
                                   cuda.device_array(self.groups, self.compute_type)))
-        finalize_kernel(self.rule.family, self.formats[1], self.fma)[
-            self.groups, self.finish_threads](algorithm, *self.states, self.launch.blocks,
-                                              centers, ddof, means, variances)
+        ctx = targets.gpu_context(self.rule.family, *self.finishing, self.fma)
+        finalize_groups[self.groups, self.finish_threads](
+            ctx, algorithm, *self.states, self.launch.blocks, centers, ddof, means, variances)
         return means, variances
 
 
@@ -579,17 +593,8 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format, *, fm
 
 def clamped(variances):
     """max(variance, 0) of a device array, on the device (NaN stays NaN)."""
-    clamp_kernel()[-(-variances.size // 256), 256](variances)
+    clamp[-(-variances.size // 256), 256](variances)
     return variances
-
-
-@functools.lru_cache(maxsize=None)
-def clamp_kernel():
-    def clamp(variances):
-        i = cuda.grid(1)
-        if i < variances.size and variances[i] < 0:
-            variances[i] = 0
-    return targets.gpu_kernel(clamp)
 
 
 # ---- every specialization a launch can ask for (numerics.gpu_compile compiles them all to PTX) ------
@@ -603,10 +608,16 @@ FORMAT_PAIRS = tuple((input_format, acc_format) for input_format in precision.FO
 FAMILIES = (algorithms.CENTERED_SUMS, algorithms.WELFORD_UPDATES, algorithms.CHAN_UPDATES)
 
 
+def context_type(family, input_format, acc_format, fma):
+    """The numba-cuda type of the context a launch passes (a kernel's first argument type)."""
+    return targets.gpu_context_type(targets.gpu_context(family, input_format, acc_format, fma))
+
+
 def specializations():
     """``(label, fma, python function, numba signature)`` of every kernel specialization, typed as a
-    launch types its arguments (Python ints are int64, device arrays 1-D C-contiguous). Kernels that
-    multiply nothing have one build for both FMA modes, labelled fma "none"."""
+    launch types its arguments (the context by its type, Python ints as int64, device arrays 1-D
+    C-contiguous). Kernels that multiply nothing have one build for both FMA modes, labelled fma
+    "none"."""
     from numba import from_dtype, types
 
     def array(dtype):
@@ -621,26 +632,28 @@ def specializations():
         for input_format, acc_format in FORMAT_PAIRS:
             x, state = array(kernel_dtype(input_format)), array(compute_type_of(acc_format))
             for family in FAMILIES:
-                kernels = reduction_kernels(family, input_format, acc_format, fma)
+                ctx = context_type(family, input_format, acc_format, fma)
                 for kind in (SEGMENTS, ROWS):
                     yield (f"{family}/{kind}/{input_format}->{acc_format}", fma,
-                           kernels[kind].py_func,
-                           types.void(x, state, *[integer] * 8, counts, state, state))
+                           REDUCTIONS[kind].py_func,
+                           types.void(ctx, x, state, *[integer] * 8, counts, state, state))
         for acc_format in precision.FORMATS:
             state = array(compute_type_of(acc_format))
             for family in FAMILIES:
-                yield (f"{family}/finalize/{acc_format}", fma,
-                       finalize_kernel(family, acc_format, fma).py_func,
-                       types.void(integer, counts, state, state, integer, state, integer, state,
-                                  state))
+                ctx = context_type(family, *finishing_formats(acc_format), fma)
+                yield (f"{family}/finalize/{acc_format}", fma, finalize_groups.py_func,
+                       types.void(ctx, integer, counts, state, state, integer, state, integer,
+                                  state, state))
     for input_format, acc_format in FORMAT_PAIRS:
         x, state = array(kernel_dtype(input_format)), array(compute_type_of(acc_format))
-        yield (f"first_elements/{input_format}->{acc_format}", "none",
-               first_element_kernel(input_format, acc_format).py_func,
-               types.void(x, *[integer] * 4, state))
+        ctx = context_type(algorithms.CENTERED_SUMS, input_format, acc_format, WITHOUT_PRODUCTS)
+        yield (f"first_elements/{input_format}->{acc_format}", "none", first_elements.py_func,
+               types.void(ctx, x, *[integer] * 4, state))
     for acc_format in precision.FORMATS:
         state = array(compute_type_of(acc_format))
-        yield (f"pass_one_means/{acc_format}", "none", pass_one_kernel(acc_format).py_func,
-               types.void(counts, state, state, integer, state))
+        ctx = context_type(algorithms.CENTERED_SUMS, *finishing_formats(acc_format),
+                           WITHOUT_PRODUCTS)
+        yield (f"pass_one_means/{acc_format}", "none", pass_one_means.py_func,
+               types.void(ctx, counts, state, state, integer, state))
     for dtype in (np.float32, np.float64):
-        yield f"clamp/{np.dtype(dtype).name}", "none", clamp_kernel().py_func, types.void(array(dtype))
+        yield f"clamp/{np.dtype(dtype).name}", "none", clamp.py_func, types.void(array(dtype))

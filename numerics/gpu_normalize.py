@@ -12,14 +12,12 @@ bitwise equal to the CPU's numpy pass. Division and square root are the IEEE one
 ``sqrt.rn``: no fastmath, trap 3). The kernel writes z in the accumulator's compute type; the host
 rounds it once to the output format with the same function as the CPU (precision.convert).
 """
-import functools
 import math
 
 import numpy as np
 
 from . import gpu, precision, targets
 from .algorithms import CENTERED_SUMS
-from .targets import compute_type_of
 # a module-level global on purpose, as in numerics/gpu.py: the simulator swaps the global named
 # ``cuda`` of a kernel's module for its fake one
 from .gpu import cuda
@@ -29,37 +27,35 @@ THREADS_PER_BLOCK = 256
 MAX_CUDA_BLOCKS = 65536
 
 
-@functools.lru_cache(maxsize=None)
-def normalize_kernel(input_format, acc_format):
-    """The kernel for one (input format, accumulator format) pair."""
-    scalar = targets.gpu_scalar_functions(CENTERED_SUMS, input_format, acc_format, "separate")
-    load, rnd, mul = scalar["load"], scalar["rnd"], scalar["mul"]
-    compute_type = compute_type_of(acc_format)
+@targets.gpu_kernel
+def normalize_elements(ctx, x, means, variances, eps, weight, bias, group_span, kept_inner,
+                       reduced_inner, weight_extent, weight_inner, bias_extent, bias_inner, out):
+    """z of every element, in the arithmetic of ``ctx`` (a CENTERED_SUMS context, "separate")."""
+    start = np.int64(cuda.grid(1))
+    stride = np.int64(cuda.gridsize(1))
+    size = np.int64(x.size)
+    for i in range(start, size, stride):
+        # canonical view (K1, P, K2, Q): group_span = P * K2 * Q elements per k1
+        k1 = i // group_span
+        k2 = (i // reduced_inner) % kept_inner
+        group = k1 * kept_inner + k2
+        total = ctx.rnd(variances[group] + eps)
+        # var + eps < 0 (or NaN) gives NaN, as the CPU's np.sqrt does; the guard also keeps
+        # the simulator's Python math.sqrt from raising on a negative. to_acc(v) is
+        # rnd(compute type(v)): 1 and NaN are exact in every format
+        root = ctx.to_acc(math.sqrt(total)) if total >= 0 else ctx.to_acc(math.nan)
+        rstd = ctx.rnd(ctx.to_acc(1) / root)
+        value = ctx.mul(ctx.rnd(ctx.load(x[i]) - means[group]), rstd)
+        if weight_extent > 0:
+            value = ctx.mul(value, weight[(i // weight_inner) % weight_extent])
+        if bias_extent > 0:
+            value = ctx.rnd(value + bias[(i // bias_inner) % bias_extent])
+        out[i] = value
 
-    def normalize_elements(x, means, variances, eps, weight, bias, group_span, kept_inner,
-                           reduced_inner, weight_extent, weight_inner, bias_extent, bias_inner,
-                           out):
-        start = np.int64(cuda.grid(1))
-        stride = np.int64(cuda.gridsize(1))
-        size = np.int64(x.size)
-        for i in range(start, size, stride):
-            # canonical view (K1, P, K2, Q): group_span = P * K2 * Q elements per k1
-            k1 = i // group_span
-            k2 = (i // reduced_inner) % kept_inner
-            group = k1 * kept_inner + k2
-            total = rnd(variances[group] + eps)
-            # var + eps < 0 (or NaN) gives NaN, as the CPU's np.sqrt does; the guard also keeps
-            # the simulator's Python math.sqrt from raising on a negative
-            root = rnd(compute_type(math.sqrt(total))) if total >= 0 else compute_type(math.nan)
-            rstd = rnd(compute_type(1) / root)
-            value = mul(rnd(load(x[i]) - means[group]), rstd)
-            if weight_extent > 0:
-                value = mul(value, weight[(i // weight_inner) % weight_extent])
-            if bias_extent > 0:
-                value = rnd(value + bias[(i // bias_inner) % bias_extent])
-            out[i] = value
 
-    return targets.gpu_kernel(normalize_elements)
+def context(input_format, acc_format):
+    """The context of the kernel for one (input format, accumulator format) pair."""
+    return targets.gpu_context(CENTERED_SUMS, input_format, acc_format, "separate")
 
 
 def parameter_on_device(parameter, parameter_view, acc_format):
@@ -86,8 +82,9 @@ def normalize(kernel_input, kernel_format, view, means, variances, eps, weight, 
     bias_values, bias_extent, bias_inner = parameter_on_device(bias, bias_view, acc_format)
     out = cuda.device_array(x.size, compute)
     cuda_blocks = max(1, min(MAX_CUDA_BLOCKS, -(-x.size // threads_per_block)))
-    normalize_kernel(kernel_format, acc_format)[cuda_blocks, threads_per_block](
-        x, mean_values, variance_values, eps_value, weight_values, bias_values,
+    normalize_elements[cuda_blocks, threads_per_block](
+        context(kernel_format, acc_format), x, mean_values, variance_values, eps_value,
+        weight_values, bias_values,
         view.reduced_outer * view.kept_inner * view.reduced_inner, view.kept_inner,
         view.reduced_inner, weight_extent, weight_inner, bias_extent, bias_inner, out)
     return out.copy_to_host()
@@ -105,7 +102,7 @@ def specializations():
         x = array(np.uint16 if input_format in ("float16", "bfloat16") else input_format)
         compute = precision.COMPUTE_DTYPES[acc_format]
         state = array(compute)
-        yield (f"normalize/{input_format}->{acc_format}", "separate",
-               normalize_kernel(input_format, acc_format).py_func,
-               types.void(x, state, state, from_dtype(compute), state, state,
+        ctx = targets.gpu_context_type(context(input_format, acc_format))
+        yield (f"normalize/{input_format}->{acc_format}", "separate", normalize_elements.py_func,
+               types.void(ctx, x, state, state, from_dtype(compute), state, state,
                           *[types.int64] * 7, state))

@@ -202,11 +202,11 @@ FMA_MODES = ("separate", "fused")
 
 
 class GpuContext:
-    """The rule context of the GPU kernels: a constant of their closures. Compiled for a GPU it
-    is a value of a numba-cuda type naming (family, input format, accumulator format, FMA mode),
-    whose methods are defined by ``register_gpu_types``; in numba-cuda's simulator, which runs
-    kernels as Python, it is this object, whose methods compute what the simulator's arithmetic
-    computes.
+    """The rule context of the GPU kernels, passed as their first argument. Compiled for a GPU, its
+    numba-cuda type names (family, input format, accumulator format, FMA mode), whose methods are
+    defined by ``register_gpu_types``, and its value is nothing: no kernel parameter
+    (``ContextArguments``). In numba-cuda's simulator, which runs kernels as Python, it is this
+    object, whose methods compute what the simulator's arithmetic computes.
 
     NVVM contracts a plain ``a*b + c`` into an FMA even without fastmath, so on a GPU every product
     goes through libdevice's ``fmul_rn``/``dmul_rn``: a multiply with an explicit rounding mode,
@@ -251,15 +251,13 @@ class GpuContext:
 @functools.lru_cache(maxsize=None)
 def register_gpu_types():
     """Teach numba-cuda the GpuContext type (numba-cuda keeps its own type system and
-    registries): called before the first GPU kernel is built, never in the simulator."""
+    registries): called before a GPU kernel or a kernel signature is typed (gpu_context,
+    gpu_context_type); the simulator, which types nothing, runs without it."""
     from numba import cuda
     from numba.cuda import libdevice
     from numba.cuda import types as cuda_types
-    from numba.cuda.core.imputils import lower_constant
-    from numba.cuda.datamodel import models as cuda_models
     from numba.cuda.extending import overload_method as cuda_overload_method
     from numba.cuda.extending import register_jitable as cuda_register_jitable
-    from numba.cuda.extending import register_model as cuda_register_model
     from numba.cuda.extending import typeof_impl as cuda_typeof_impl
 
     class GpuContextType(cuda_types.Type):
@@ -273,11 +271,7 @@ def register_gpu_types():
         return GpuContextType(context.family, context.input_format, context.acc_format,
                               context.fma)
 
-    cuda_register_model(GpuContextType)(cuda_models.OpaqueModel)
-
-    @lower_constant(GpuContextType)
-    def _constant(context, builder, typ, value):
-        return context.get_dummy_value()
+    register_empty_model(GpuContextType)
 
     for function in JITABLE:
         cuda_register_jitable(function)
@@ -298,6 +292,48 @@ def register_gpu_types():
     _define_arithmetic(GpuContextType, arithmetic, cuda_overload_method)
 
 
+def register_empty_model(type_class):
+    """Give a numba-cuda type that carries nothing at run time (a context) the data model of a
+    struct with no members: numba-cuda flattens a kernel's arguments into parameters member by
+    member, so such an argument is no parameter at all, and a device function's is an empty
+    struct that LLVM drops."""
+    from numba.cuda.datamodel import models as cuda_models
+    from numba.cuda.extending import register_model as cuda_register_model
+
+    class EmptyModel(cuda_models.StructModel):
+        def __init__(self, dmm, fe_type):
+            super().__init__(dmm, fe_type, [])
+
+    cuda_register_model(type_class)(EmptyModel)
+
+
+class ContextArguments:
+    """How a kernel launch passes a context: a numba-cuda kernel-argument extension (the
+    ``extensions`` option of ``cuda.jit``, documented on numba-cuda's Dispatcher). numba-cuda types
+    every argument first (the context's type names the specialization), then marshals the values;
+    this turns an instance of ``classes`` into the empty tuple, which numba-cuda marshals as no
+    parameter, matching the empty data model of its type (register_empty_model)."""
+
+    def __init__(self, *classes):
+        self.classes = classes
+
+    def prepare_args(self, ty, val, stream=None, retr=None):
+        if isinstance(val, self.classes):
+            from numba.cuda import types as cuda_types
+            return cuda_types.Tuple(()), ()
+        return ty, val
+
+
+def numba_cuda():
+    """numba.cuda, or None where numba-cuda (the optional "gpu" extra) is not installed: then the
+    GPU functions stay plain Python, never launched (numerics.gpu.require_gpu says why)."""
+    try:
+        from numba import cuda
+    except ImportError:
+        return None
+    return cuda
+
+
 def gpu_inline(function):
     """A GPU device function, inlined into its caller. Undecorated helpers pass in the simulator but
     fail in real NVVM (docs/architecture.md section 2), so every helper a kernel calls goes through
@@ -306,10 +342,27 @@ def gpu_inline(function):
     kernel here; this way each device function is compiled once per signature and NVVM inlines it.
     The simulator's jit takes no ``forceinline`` (it compiles nothing: device functions are Python
     calls)."""
-    from numba import config, cuda
+    cuda = numba_cuda()
+    if cuda is None:
+        return function
+    from numba import config
     if config.ENABLE_CUDASIM:
         return cuda.jit(device=True)(function)
     return cuda.jit(device=True, forceinline=True)(function)
+
+
+def gpu_kernel(function):
+    """A GPU kernel (numba.cuda.jit), specialised by its argument types: a context argument
+    (GpuContext) is passed as its type only (ContextArguments); the simulator passes the object.
+    No fastmath (docs/architecture.md trap 3): it would also turn on NVVM's FMA contraction and
+    approximate division."""
+    cuda = numba_cuda()
+    if cuda is None:
+        return function
+    from numba import config
+    if config.ENABLE_CUDASIM:
+        return cuda.jit(function)
+    return cuda.jit(extensions=[ContextArguments(GpuContext)])(function)
 
 
 @functools.lru_cache(maxsize=None)
@@ -321,42 +374,8 @@ def gpu_context(family, input_format, acc_format, fma):
     return GpuContext(family, input_format, acc_format, fma)
 
 
-@functools.lru_cache(maxsize=None)
-def gpu_scalar_functions(family, input_format, acc_format, fma):
-    """The rules of one GPU specialization as device functions over its context: ``push``,
-    ``merge``, ``load``, ``to_acc``, ``rnd``, ``mul``, ``pass_one_mean`` and ``finalize``."""
-    ctx = gpu_context(family, input_format, acc_format, fma)
-
-    def push(count, center, first, second, x):
-        return ctx.push(count, center, first, second, x)
-
-    def merge(count_a, first_a, second_a, count_b, first_b, second_b):
-        return ctx.merge(count_a, first_a, second_a, count_b, first_b, second_b)
-
-    def load(raw):
-        return ctx.load(raw)
-
-    def to_acc(value):
-        return ctx.to_acc(value)
-
-    def rnd(value):
-        return ctx.rnd(value)
-
-    def mul(a, b):
-        return ctx.mul(a, b)
-
-    def pass_one_mean(count, first):
-        return algorithms.pass_one_mean(ctx, count, first)
-
-    def finalize(algorithm, count, center, first, second, ddof):
-        return algorithms.finalize(ctx, algorithm, count, center, first, second, ddof)
-
-    return {function.__name__: gpu_inline(function)
-            for function in (push, merge, load, to_acc, rnd, mul, pass_one_mean, finalize)}
-
-
-def gpu_kernel(function):
-    """A GPU kernel (numba.cuda.jit). No fastmath (docs/architecture.md trap 3): it would also turn
-    on NVVM's FMA contraction and approximate division."""
-    from numba import cuda
-    return cuda.jit(function)
+def gpu_context_type(context):
+    """The numba-cuda type of a GpuContext: the first argument type of a kernel signature."""
+    from numba.cuda.typing.typeof import typeof
+    register_gpu_types()
+    return typeof(context)

@@ -12,13 +12,19 @@ from numerics import gpu_compile
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 COMPILE_BOTH_MODES = """
+from numba import types
 from numerics import gpu, gpu_compile
 wanted = {"welford_updates/segments/float32->float32", "centered_sums/rows/float16->float32",
           "chan_updates/finalize/float64"}
 for label, fma, function, signature in gpu.specializations():
     if label in wanted:
+        # the parameters of the arguments after the context: a 1-D array is 7, a scalar 1
+        others = sum(7 if isinstance(t, types.Array) else 1 for t in signature.args[1:])
         for cc, ptx in gpu_compile.ptx_by_cc(function, signature).items():
-            print(label, fma, f"{cc[0]}.{cc[1]}", "fma.rn" in ptx, "mul.rn" in ptx)
+            entry = ptx[ptx.index(".entry"):]
+            parameters = entry[:entry.index(")")].count(".param")
+            print(label, fma, f"{cc[0]}.{cc[1]}", "fma.rn" in ptx, "mul.rn" in ptx,
+                  str(signature.args[0]).startswith("GpuContext("), parameters == others)
 """
 
 
@@ -30,8 +36,10 @@ def test_separate_builds_never_fuse_and_fused_builds_do():
     assert finished.returncode == 0, finished.stderr[-3000:]
     builds = [line.split() for line in finished.stdout.splitlines()]
     assert len(builds) == 3 * 2 * len(gpu_compile.COMPUTE_CAPABILITIES)
-    for label, fma, cc, has_fma, has_mul_rn in builds:
+    for label, fma, cc, has_fma, has_mul_rn, context_first, context_is_no_parameter in builds:
         assert has_fma == str(fma == "fused"), (label, fma, cc)
+        # the context is the first argument, and no kernel parameter (targets.ContextArguments)
+        assert (context_first, context_is_no_parameter) == ("True", "True"), (label, fma, cc)
         if fma == "separate":
             # every product is an explicitly rounded mul.rn, which is never contracted
             assert has_mul_rn == "True", (label, fma, cc)

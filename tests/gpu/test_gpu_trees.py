@@ -1,11 +1,11 @@
-"""The two parallel merge trees of the GPU kernels (numerics.gpu.lane_tree and block_tree) merge in
-exactly the order of the topology's sequential ones (numerics.topology.merge_lanes and
-merge_blocks), shown with a merge that is neither commutative nor associative, so that the result
-names the whole tree: every pair, and which side of it each operand was on. Real rules often round
-both ways alike on random data; this merge never does."""
+"""The two parallel merge trees of the GPU kernels (numerics.gpu.merge_lane_sets and
+merge_unit_states) merge in exactly the order of the topology's sequential ones
+(numerics.topology.merge_lanes and merge_blocks), shown with a merge that is neither commutative nor
+associative, so that the result names the whole tree: every pair, and which side of it each operand
+was on. Real rules often round both ways alike on random data; this merge never does."""
 import numpy as np
 import pytest
-from numba import cuda
+from numba import config, cuda
 
 from numerics import gpu, targets, topology
 from gpu_cases import requires_kernels
@@ -19,25 +19,53 @@ def ordered_merge(count_a, first_a, second_a, count_b, first_b, second_b):
 
 
 class OrderedContext:
-    """A rule context (numerics.algorithms) whose merge is ordered_merge."""
+    """A rule context (numerics.algorithms) whose merge is ordered_merge: this object in the
+    simulator; compiled for a GPU, a numba-cuda type that carries nothing, as targets.GpuContext."""
     merge = staticmethod(ordered_merge)
+
+
+def register_ordered_context():
+    from numba.cuda import types as cuda_types
+    from numba.cuda.extending import overload_method, register_jitable, typeof_impl
+
+    class OrderedContextType(cuda_types.Type):
+        def __init__(self):
+            super().__init__(name="OrderedContext")
+
+    typeof_impl.register(OrderedContext)(lambda context, _: OrderedContextType())
+    targets.register_empty_model(OrderedContextType)
+    register_jitable(ordered_merge)
+
+    @overload_method(OrderedContextType, "merge")
+    def _merge(ctx, count_a, first_a, second_a, count_b, first_b, second_b):
+        return (lambda ctx, count_a, first_a, second_a, count_b, first_b, second_b:
+                ordered_merge(count_a, first_a, second_a, count_b, first_b, second_b))
+
+
+if not config.ENABLE_CUDASIM:
+    register_ordered_context()
+
+
+def kernel_with_context(function):
+    """A test kernel that takes an OrderedContext as an argument, as the package's kernels take
+    their GpuContext."""
+    if config.ENABLE_CUDASIM:
+        return cuda.jit(function)
+    return cuda.jit(extensions=[targets.ContextArguments(OrderedContext)])(function)
 
 
 @pytest.mark.parametrize("lanes, sets", [(1, 4), (2, 3), (8, 2), (32, 2), (64, 2), (128, 1),
                                          (256, 1)])
 def test_the_lane_tree_is_the_topology_lane_tree(lanes, sets):
-    merge = targets.gpu_inline(ordered_merge)
-    merge_sets = targets.gpu_inline(gpu.lane_tree(merge))
-    lane_states = targets.gpu_inline(gpu.shared_states(np.float64))
-
-    def merge_lanes(lanes, out_counts, out_firsts, out_seconds):
+    def merge_lanes(ctx, lanes, out_counts, out_firsts, out_seconds):
         thread = np.int64(cuda.threadIdx.x)
         threads = np.int64(cuda.blockDim.x)
-        counts, firsts, seconds = lane_states(threads)
+        counts, firsts, seconds = gpu.lane_states(threads, out_firsts)
         counts[thread] = 1
         firsts[thread] = np.float64(thread % lanes)
         seconds[thread] = 0.0
-        merge_sets(counts, firsts, seconds, threads // lanes, lanes, thread, threads)
+        gpu.merge_lane_sets(ctx, counts, firsts, seconds, threads // lanes, lanes, thread,
+                            threads)
         if thread % lanes == 0:
             out_counts[thread // lanes] = counts[thread]
             out_firsts[thread // lanes] = firsts[thread]
@@ -45,7 +73,8 @@ def test_the_lane_tree_is_the_topology_lane_tree(lanes, sets):
 
     out = (np.zeros(sets, np.int64), np.zeros(sets), np.zeros(sets))
     threads = lanes * sets
-    cuda.jit(merge_lanes)[1, threads, 0, gpu.shared_bytes(threads, "float64")](lanes, *out)
+    kernel_with_context(merge_lanes)[1, threads, 0, gpu.shared_bytes(threads, "float64")](
+        OrderedContext(), lanes, *out)
 
     counts, firsts, seconds = [1] * lanes, [float(lane) for lane in range(lanes)], [0.0] * lanes
     topology.merge_lanes(OrderedContext, counts, firsts, seconds, lanes)
@@ -56,15 +85,13 @@ def test_the_lane_tree_is_the_topology_lane_tree(lanes, sets):
 
 @pytest.mark.parametrize("units, threads", [(1, 1), (2, 1), (5, 2), (13, 4), (40, 8)])
 def test_the_block_tree_is_the_topology_block_tree(units, threads):
-    merge_units = targets.gpu_inline(gpu.block_tree(targets.gpu_inline(ordered_merge)))
-
-    def merge_blocks(units, counts, firsts, seconds):
-        merge_units(counts, firsts, seconds, np.int64(0), units, np.int64(cuda.threadIdx.x),
-                    np.int64(cuda.blockDim.x))
+    def merge_blocks(ctx, units, counts, firsts, seconds):
+        gpu.merge_unit_states(ctx, counts, firsts, seconds, np.int64(0), units,
+                              np.int64(cuda.threadIdx.x), np.int64(cuda.blockDim.x))
 
     counts, firsts, seconds = np.ones(units, np.int64), np.arange(units, dtype=np.float64), \
         np.zeros(units)
-    cuda.jit(merge_blocks)[1, threads](units, counts, firsts, seconds)
+    kernel_with_context(merge_blocks)[1, threads](OrderedContext(), units, counts, firsts, seconds)
 
     expected = [1] * units, [float(unit) for unit in range(units)], [0.0] * units
     topology.merge_blocks(OrderedContext, *expected, units)
