@@ -15,7 +15,7 @@ Two paths, one answer:
   and var = (B̂ − Â·(Â/n))/(n − ddof) on top (S = Σ(x − c)² − (Σ(x − c))²/n exactly, for any
   c). The vector lanes fuse each square into its sum (one rounding instead of two, which the
   bound covers). A group is *certified* when both ends of [value − E, value + E], moved outward, round to
-  one output value (reference._certain_rounding): rounding is monotonic, so the exact value
+  one output value (reference.certain_rounding): rounding is monotonic, so the exact value
   rounds to it too. All-finite intervals only.
 - **Exact path** for every other group (near a rounding boundary, ill-conditioned beyond the
   bound, non-finite, or an output format as wide as the accumulation: float64 output rarely
@@ -268,11 +268,11 @@ def certify(n, ddof, depth, shifts, first_sums, second_sums, output_format):
     variance is +0."""
     mean, mean_error, var, var_error = _fast_bounds(n, ddof, depth, shifts, first_sums,
                                                     second_sums)
-    means, mean_certain = reference._certain_rounding(mean, mean_error, output_format)
+    means, mean_certain = reference.certain_rounding(mean, mean_error, output_format)
     with np.errstate(invalid="ignore"):
         one_sided = np.abs(mean) > mean_error  # float comparison: exact
     mean_certain &= (means != 0) | one_sided
-    variances, var_certain = reference._certain_rounding(var, var_error, output_format)
+    variances, var_certain = reference.certain_rounding(var, var_error, output_format)
     return (means.astype(np.float64), mean_certain, np.abs(variances.astype(np.float64)),
             var_certain)
 
@@ -315,12 +315,12 @@ def exact_statistics(group_values, ddof, output_format):
     stored values in any order), each correctly rounded from the exact sums; NaN and Inf follow
     the reference's rule (numerics.reference); ``overflowed``: rows of finite values whose
     statistic rounded to ±inf."""
-    sums = reference._scaled_sums(group_values, "layer", None, "NCHW")
+    sums = reference.scaled_sums(group_values, "layer", None, "NCHW")
     count, scale = sums.count, sums.scale
     means, variances, overflowed = [], [], 0
     for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
         if group in sums.nonfinite:
-            means.append(reference._nonfinite_mean(*sums.nonfinite[group]))
+            means.append(reference.nonfinite_mean(*sums.nonfinite[group]))
             variances.append(math.nan)
             continue
         means.append(round_exactly(Fraction(scaled_sum, count * scale), output_format))

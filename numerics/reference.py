@@ -256,7 +256,7 @@ def _digits_to_ints(digits):
 # ---- the exact sums of every group ----------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _ScaledSums:
+class ScaledSums:
     """Σx = sums[g] / scale and Σx² = squares[g] / scale**2 for group g, exactly; ``firsts[g]`` is
     the group's first element (a float or a Fraction). ``nonfinite`` maps each group that holds NaN
     or Inf to its counts (NaN, +Inf, −Inf); the sums leave the non-finite values out."""
@@ -274,7 +274,7 @@ class _ScaledSums:
         return int(Fraction(first) * self.scale) if math.isfinite(first) else 0
 
 
-def _scaled_sums(x, norm, groups, layout):
+def scaled_sums(x, norm, groups, layout):
     x = np.asarray(statistics.as_array(x))  # PyTorch CPU tensors too, bfloat16 included
     if x.dtype.kind == "U":
         return _decimal_sums(x, norm)
@@ -300,7 +300,7 @@ def _scaled_sums(x, norm, groups, layout):
     special = np.flatnonzero(nonfinite.any(axis=1))
     special_counts = dict(zip(special.tolist(), map(tuple, nonfinite[special].tolist())))
     firsts = values[:, 0, :, 0].reshape(-1).tolist()
-    return _ScaledSums(view.group_size, 1 << -encoding.lowest_exponent, _digits_to_ints(sums),
+    return ScaledSums(view.group_size, 1 << -encoding.lowest_exponent, _digits_to_ints(sums),
                        _digits_to_ints(squares), firsts, special_counts, view.stats_shape)
 
 
@@ -319,7 +319,7 @@ def _decimal_sums(strings, norm):
             raise ValueError(f"x holds {text!r}, which is not a finite decimal number") from None
     scale = math.lcm(*(value.denominator for value in values))
     scaled = [value.numerator * (scale // value.denominator) for value in values]
-    return _ScaledSums(len(scaled), scale, [sum(scaled)], [sum(v * v for v in scaled)],
+    return ScaledSums(len(scaled), scale, [sum(scaled)], [sum(v * v for v in scaled)],
                        [values[0]], {}, ())
 
 
@@ -338,7 +338,7 @@ def _rounded_ratio(numerator, denominator, bits):
     return mpmath.make_mpf(libmp.mpf_div(_exact_value(numerator), denominator, bits, "n"))
 
 
-def _nonfinite_mean(nan_count, positive_infinities, negative_infinities):
+def nonfinite_mean(nan_count, positive_infinities, negative_infinities):
     """The IEEE value of a group's mean when it holds NaN or Inf (module docstring), else None."""
     if nan_count or (positive_infinities and negative_infinities):
         return math.nan
@@ -384,11 +384,11 @@ def exact_sums(x, norm=None, *, groups=None, layout="NCHW"):
     ``x``: a float16, bfloat16, float32 or float64 array, or a 1-D sequence of decimal strings
     (norm None) whose exact decimal values are summed. Returns ``ExactSums(count, sum_x, sum_x2)``.
     """
-    sums = _scaled_sums(x, norm, groups, layout)
+    sums = scaled_sums(x, norm, groups, layout)
     sum_x, sum_x2 = [], []
     for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
         nan_count, positive, negative = sums.nonfinite.get(group, (0, 0, 0))
-        special = _nonfinite_mean(nan_count, positive, negative)
+        special = nonfinite_mean(nan_count, positive, negative)
         if special is None:
             sum_x.append(Fraction(scaled_sum, sums.scale))
             sum_x2.append(Fraction(scaled_square, sums.scale ** 2))
@@ -411,7 +411,7 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", ddof=0, bits=256):
     """
     _check_bits(bits)
     _check_ddof(ddof)
-    sums = _scaled_sums(x, norm, groups, layout)
+    sums = scaled_sums(x, norm, groups, layout)
     count, scale = sums.count, sums.scale
     mean_denominator = _exact_value(count * scale)
     variance_denominator = _exact_value(count * (count - ddof) * scale * scale)
@@ -420,7 +420,7 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", ddof=0, bits=256):
         nan = mpmath.mpf("nan")
         for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
             if group in sums.nonfinite:
-                means.append(mpmath.mpf(_nonfinite_mean(*sums.nonfinite[group])))
+                means.append(mpmath.mpf(nonfinite_mean(*sums.nonfinite[group])))
                 variances.append(nan)
                 continue
             means.append(_rounded_ratio(scaled_sum, mean_denominator, bits))
@@ -463,14 +463,14 @@ def condition_number(x, norm=None, *, groups=None, layout="NCHW"):
     statistics shape (0-d for norm None). inf where S = 0 (constant groups, all-zero ones
     included); NaN for groups holding NaN or Inf. Relative perturbations ε of the data change S by
     up to 2κε + (κε)²; the textbook one-pass formula loses about log10(κ²u) digits."""
-    return _condition_numbers(_scaled_sums(x, norm, groups, layout), shift_by_first=False)
+    return _condition_numbers(scaled_sums(x, norm, groups, layout), shift_by_first=False)
 
 
 def shifted_condition_number(x, norm=None, *, groups=None, layout="NCHW"):
     """κ of each group's data shifted exactly by the group's first element (in the order every
     topology counts: reduced_outer slow, reduced_inner fast): sqrt(1 + n·(mean − x_first)²/S).
     It governs the "shifted" rule (CGL 1983). Same shapes and special cases as condition_number."""
-    return _condition_numbers(_scaled_sums(x, norm, groups, layout), shift_by_first=True)
+    return _condition_numbers(scaled_sums(x, norm, groups, layout), shift_by_first=True)
 
 
 # ---- the exact normalized output ------------------------------------------------------------------
@@ -566,7 +566,7 @@ def _apply_affine_bound(z, z_error, weight, bias):
     return z, z_error
 
 
-def _certain_rounding(y, y_error, output_format):
+def certain_rounding(y, y_error, output_format):
     """(rounded, certain): y rounded to the output format, and where that is provably the
     correctly rounded exact value. The bound is inflated by 2**-40 relative, far more than the
     few roundings of its own float64 evaluation; nextafter moves each end outward past the
@@ -708,7 +708,7 @@ def normalize(x, norm=None, *, groups=None, layout="NCHW", eps=1e-5, weight=None
     weights = _parameter_values(weight, weight_view, x.shape)
     biases = _parameter_values(bias, bias_view, x.shape)
     y, y_error = _apply_affine_bound(z.reshape(x.shape), z_error.reshape(x.shape), weights, biases)
-    rounded, certain = _certain_rounding(y, y_error, output_format)
+    rounded, certain = certain_rounding(y, y_error, output_format)
     group_index = np.broadcast_to(np.arange(view.group_count).reshape(group_shape),
                                   view.view_shape).reshape(-1)
     valid = np.array([total is not None for total in scalars.totals])[group_index].reshape(x.shape)

@@ -76,7 +76,7 @@ def test_every_specialization_is_checked_and_smoke_takes_one_per_kernel():
     assert {case[0] for case in smoke} == {"separate", "fused"}
 
 
-def test_the_default_profile_is_the_issues_table():
+def test_the_default_profile_times_the_cnn_shapes_in_both_formats():
     profile = gpu_check.PROFILES["default"]
     assert profile.timing_shapes == ((32, 256, 56, 56), (8, 64, 224, 224))
     assert profile.timing_inputs == ("float32", "float16") and profile.rules is None
