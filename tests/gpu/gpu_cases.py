@@ -1,6 +1,11 @@
 """What the GPU tests share: whether kernels can run here, and the two checks every kernel run gets:
 bitwise agreement with the CPU replay of the same topology, and the rule's a-priori bound against
 the exact reference of the stored values."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from numba import config, cuda
@@ -13,6 +18,20 @@ from helpers import assert_bitwise_equal
 requires_kernels = pytest.mark.skipif(
     not (config.ENABLE_CUDASIM or cuda.is_available()),
     reason="no GPU, and NUMBA_ENABLE_CUDASIM=1 is not set (make test-gpu-simulator sets it)")
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def printed_builds(script):
+    """The whitespace-split lines ``script`` prints, run in a fresh process outside the simulator
+    (PTX compilation needs the real numba-cuda compiler, not the simulator's stand-in)."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name != "NUMBA_ENABLE_CUDASIM"}
+    finished = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, env=environment,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return [line.split() for line in finished.stdout.splitlines()]
+
 
 #: the "small constant" of the CPU accuracy tests: bounds.py gives leading terms without constants
 BOUND_FACTOR = 2.0

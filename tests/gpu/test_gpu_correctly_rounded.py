@@ -1,21 +1,15 @@
 """algorithm="correctly_rounded" on the GPU: the same bits as the CPU (both are the correctly
 rounded exact values), under the simulator or on a GPU; the fast-path kernel compiled to real PTX
 outside the simulator."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from numba import cuda
 
 import numerics
 from numerics import precision
-from gpu_cases import requires_kernels
+from gpu_cases import printed_builds, requires_kernels
 from helpers import assert_bitwise_equal
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 CASES = [("batch", "NCHW", None), ("layer", "NHWC", None), ("instance", "NHWC", None),
          ("group", "NCHW", 2), ("batch", "NHWC", None)]
@@ -83,11 +77,6 @@ for label, function, signature in gpu_correctly_rounded.specializations():
 
 
 def test_kernel_compiles_to_ptx():
-    environment = {name: value for name, value in os.environ.items()
-                   if name != "NUMBA_ENABLE_CUDASIM"}
-    finished = subprocess.run([sys.executable, "-c", COMPILE], cwd=REPOSITORY, env=environment,
-                              capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    builds = [line.split() for line in finished.stdout.splitlines()]
+    builds = printed_builds(COMPILE)
     assert len(builds) == 2 * 2 and all(entry == "True" for *_, entry in builds), builds
 

@@ -1,20 +1,14 @@
 """normalize on the GPU: bitwise the CPU's output (fma="separate") under the simulator or on a GPU,
 and the elementwise kernel compiled to real PTX: IEEE square root and reciprocal, products that
 are never fused (docs/architecture.md traps 2 and 7)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from numerics import data
 from numerics.normalization import normalize
-from gpu_cases import requires_kernels
+from gpu_cases import printed_builds, requires_kernels
 from helpers import assert_bitwise_equal
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 CASES = [("batch", "NCHW", None), ("layer", "NHWC", None), ("instance", "NCHW", None),
          ("group", "NHWC", 2)]
@@ -70,12 +64,7 @@ for label, fma, function, signature in gpu_normalize.specializations():
 
 
 def test_the_kernel_compiles_to_ptx_without_fused_multiply_adds():
-    environment = {name: value for name, value in os.environ.items()
-                   if name != "NUMBA_ENABLE_CUDASIM"}
-    finished = subprocess.run([sys.executable, "-c", COMPILE], cwd=REPOSITORY, env=environment,
-                              capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    builds = [line.split() for line in finished.stdout.splitlines()]
+    builds = printed_builds(COMPILE)
     assert len(builds) == 6
     for label, cc, operations in builds:
         found = set(operations.split(","))
