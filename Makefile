@@ -38,9 +38,10 @@ TEST_WORKERS ?= 2
 test-cpu: $(SETUP)
 	$(PYTHON) -m pytest tests --ignore=tests/gpu -q -n $(TEST_WORKERS) --dist loadgroup
 
-# the GPU kernels under numba-cuda's simulator (no GPU needed), then compiled to real PTX
+# the GPU kernels under numba-cuda's simulator (no GPU needed; pure Python, so two workers halve
+# it), then compiled to real PTX
 test-gpu-simulator: $(SETUP)
-	NUMBA_ENABLE_CUDASIM=1 $(PYTHON) -m pytest tests/gpu -q
+	NUMBA_ENABLE_CUDASIM=1 $(PYTHON) -m pytest tests/gpu -q -n $(TEST_WORKERS) --dist loadgroup
 
 gpu-compile: $(SETUP)
 	$(PYTHON) -m numerics.gpu_compile

@@ -17,7 +17,9 @@ while numba compiles: numba's documented event API (``numba:compile``, which sta
 looked in the disk cache and ends before it saves there) lets go of the lock for the compilation
 and takes it back for the save. So looking up and saving are serialized between processes, and
 processes compile different specializations side by side (a lock held through the compilation
-made one test worker wait for the other about half the time on a cold cache).
+made one test worker wait for the other about half the time on a cold cache). A second lock, one
+per specialization and taken first, makes a process that wants a specialization another process
+is compiling wait for it and then load it from the disk cache, instead of compiling it again.
 """
 import contextlib
 import fcntl
@@ -115,14 +117,30 @@ class UnlockedCompilation(event.Listener):
             fcntl.flock(self.lock, fcntl.LOCK_EX)
 
 
+@contextlib.contextmanager
+def specialization_lock(kernel, key):
+    """An exclusive lock shared by every process on one specialization of ``kernel`` (``key``,
+    whose repr is the same in every process): held through its first call."""
+    directory = cache_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{kernel.py_func.__module__}.{kernel.py_func.__qualname__}{key!r}"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    with open(directory / f"specialization-{digest}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def call(kernel, key, *arguments):
     """``kernel(*arguments)``. ``key`` names the specialization those arguments select (what
     their numba types depend on); the first call with a key in this process, which loads the
-    kernel from the disk cache or compiles and saves it, holds the kernel module's lock but
-    while it compiles."""
+    kernel from the disk cache or compiles and saves it, holds the specialization's lock, and
+    the kernel module's lock but while it compiles."""
     if (kernel, key) in _CALLED:
         return kernel(*arguments)
-    with _CALLED_GUARD, module_lock(kernel) as lock:
+    with _CALLED_GUARD, specialization_lock(kernel, key), module_lock(kernel) as lock:
         with event.install_listener("numba:compile", UnlockedCompilation(kernel, lock)):
             result = kernel(*arguments)
         _CALLED.add((kernel, key))

@@ -33,7 +33,7 @@ from mpmath import libmp
 from numba import njit
 from numba.extending import overload
 
-from . import normalization, precision, statistics, subsets
+from . import cache, normalization, precision, statistics, subsets
 
 #: the least precision a caller may ask for: far beyond any float format, so that comparing a
 #: computed float64 with the reference never sees the reference's own rounding
@@ -57,8 +57,10 @@ CONDITION_BITS = 64
 # "sum" slots (Σ±pieces of m, each worth 2**offset at the bucket's position) and "square" slots
 # (Σ pieces of m², each worth 2**offset at twice the position). A fold adds every slot, shifted,
 # into the group's base-2**32 digits, empties it and carry-normalises the digits.
+# Only the kernel, _accumulate, is cached (numerics.cache: the package's cache directory, its first
+# call in a process under the cache's locks); the helpers compile into it.
 
-@njit(cache=True)
+@njit
 def _add_piece(digits, group, piece, position):
     """Add piece·2**position (|piece| < 2**32, either sign) to the base-2**32 digits of
     ``group``."""
@@ -68,14 +70,14 @@ def _add_piece(digits, group, piece, position):
     digits[group, index + 1] += shifted >> 32  # arithmetic shift: floor division, sign kept
 
 
-@njit(cache=True)
+@njit
 def _add(digits, group, value, position):
     """Add value·2**position (any int64) to the digits of ``group``."""
     _add_piece(digits, group, value & 0xFFFFFFFF, position)
     _add_piece(digits, group, value >> 32, position + 32)  # in [−2**31, 2**31)
 
 
-@njit(cache=True)
+@njit
 def _normalize(digits, group):
     """Propagate carries: every digit but the last ends in [0, 2**32); the last holds the signed rest."""
     for index in range(digits.shape[1] - 1):
@@ -84,7 +86,7 @@ def _normalize(digits, group):
         digits[group, index + 1] += value >> 32  # arithmetic shift: floor division, sign kept
 
 
-@njit(cache=True)
+@njit
 def _count_nonfinite(nonfinite, group, fraction, negative):
     if fraction != 0:
         nonfinite[group, 0] += 1
@@ -94,7 +96,7 @@ def _count_nonfinite(nonfinite, group, fraction, negative):
         nonfinite[group, 1] += 1
 
 
-@njit(cache=True)
+@njit
 def _push_binary32(word, slot, group, table, nonfinite):
     """One float32 (its bits as a signed integer), x = ±m·2**(position − 149): slot 0 gains ±m,
     slot 1 gains m² (< 2**48)."""
@@ -110,7 +112,7 @@ def _push_binary32(word, slot, group, table, nonfinite):
     table[slot, biased, 1] += significand * significand
 
 
-@njit(cache=True)
+@njit
 def _push_binary64(word, slot, group, table, nonfinite):
     """One float64 (its bits as a signed integer), x = ±m·2**(position − 1074). m = h·2**26 + l
     goes to the sum slots 0 (±l) and 1 (±h); m = a·2**36 + b·2**18 + c (b, c < 2**18, a < 2**17)
@@ -150,7 +152,7 @@ def _push_for_width(word, slot, group, table, nonfinite):
         word, slot, group, table, nonfinite)
 
 
-@njit(cache=True)
+@njit
 def _fold(table, first_group, sums, squares, sum_offsets, square_offsets):
     """Add every bucket of the table (row i belongs to group first_group + i) into the digits,
     empty it, and carry-normalise the digits. A bucket's slots are its sum slots (offsets
@@ -178,7 +180,7 @@ def _fold(table, first_group, sums, squares, sum_offsets, square_offsets):
         _normalize(squares, group)
 
 
-@njit(cache=True)
+@cache.cached()
 def _accumulate(words, table, sums, squares, nonfinite, sum_offsets, square_offsets):
     """Add every element of a canonical (kept_outer, reduced_outer, kept_inner, reduced_inner)
     view of float bits, in memory order, to its group; the groups of one kept_outer index share
@@ -294,9 +296,10 @@ def scaled_sums(x, norm, groups, layout):
     sums = np.zeros((group_count, encoding.sum_digits), np.int64)
     squares = np.zeros((group_count, encoding.square_digits), np.int64)
     nonfinite = np.zeros((group_count, 3), np.int64)
-    _accumulate(values.view(encoding.word_dtype), encoding.new_table(view.kept_inner), sums,
-                squares, nonfinite, np.array(encoding.sum_offsets, np.int64),
-                np.array(encoding.square_offsets, np.int64))
+    words = values.view(encoding.word_dtype)
+    cache.call(_accumulate, (words.dtype.str, words.flags.writeable), words,
+               encoding.new_table(view.kept_inner), sums, squares, nonfinite,
+               np.array(encoding.sum_offsets, np.int64), np.array(encoding.square_offsets, np.int64))
     special = np.flatnonzero(nonfinite.any(axis=1))
     special_counts = dict(zip(special.tolist(), map(tuple, nonfinite[special].tolist())))
     firsts = values[:, 0, :, 0].reshape(-1).tolist()

@@ -1,7 +1,8 @@
 """The kernel cache (numerics/cache.py): numba's own ``cache=True``, in a directory keyed by the
 package's sources. A second process loads instead of compiling; an edit to any source file of the
 package (not only the file that defines a kernel) starts a fresh cache; two processes compiling
-different specializations of one kernel at once both get their own code."""
+different specializations of one kernel at once both get their own code; two processes that want
+the same specialization at once compile it once."""
 import json
 import os
 import shutil
@@ -85,6 +86,18 @@ def test_processes_compiling_different_specializations_at_once_get_their_own_cod
     both = report(start(root, cache_root, "float32", "float64"))
     assert both["agree"] == [True, True]
     assert both["misses"] == 0 and both["hits"] == sum(each["misses"] for each in reports), both
+
+
+def test_processes_wanting_one_specialization_at_once_compile_it_once(tmp_path):
+    """The specialization lock: the process that comes second waits for the first to compile
+    and save, then loads from the disk cache (without it both compile: the check fails)."""
+    root, cache_root = package_copy(tmp_path), tmp_path / "cache"
+    together = [start(root, cache_root, "float32") for _ in range(2)]
+    reports = [report(process) for process in together]
+    alone = report(start(root, tmp_path / "another_cache", "float32"))
+    assert [each["agree"] for each in reports] == [[True], [True]]
+    assert sum(each["misses"] for each in reports) == alone["misses"] > 0, reports
+    assert sum(each["hits"] for each in reports) == alone["misses"], reports
 
 
 def waiting_on_a_lock(pid):
