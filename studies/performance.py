@@ -333,9 +333,17 @@ RESNET_BATCHES = (1, 8, 64)
 LATENCY_LAYERS = {"layer": "torch layer_norm", "group32": "torch group_norm",
                   "batch": "torch batch_norm"}
 #: the implementations of a latency cell, timed in turn: (column prefix, registry name or None
-#: for numerics)
-LATENCY_COLUMNS = (("numerics", None), ("torch_layer", "layer"), ("torch_var_mean",
-                                                                 "torch.var_mean"))
+#: for numerics); "numerics_floor" is numerics.moments on the layer's smallest tensor
+#: (floor_shape), the cost of a call that reads almost nothing
+LATENCY_COLUMNS = (("numerics", None), ("numerics_floor", None), ("torch_layer", "layer"),
+                   ("torch_var_mean", "torch.var_mean"))
+
+
+def floor_shape(subset, shape):
+    """The smallest tensor of a latency cell's layer: every size 1 but the channels GroupNorm's
+    groups need (one element per group)."""
+    groups = int(subset[5:]) if subset.startswith("group") else 1
+    return (1, groups) + (1,) * (len(shape) - 2)
 
 
 def latency_cases(profile):
@@ -349,13 +357,16 @@ def latency_cases(profile):
 
 
 def latency_calls(x, subset):
-    """The three calls of a latency cell: numerics.moments at its defaults (welford, "blocked"),
-    the registry's prepared PyTorch layer and torch.var_mean over the same groups (each the
-    framework call alone)."""
+    """The calls of a latency cell: numerics.moments at its defaults (welford, "blocked") on the
+    cell's tensor and on the layer's smallest tensor, the registry's prepared PyTorch layer and
+    torch.var_mean over the same groups (each the framework call alone)."""
     norm, groups = ("group", int(subset[5:])) if subset.startswith("group") else (subset, None)
     calls = {}
     for column, name in LATENCY_COLUMNS:
-        if name is None:
+        if column == "numerics_floor":
+            smallest = np.ones(floor_shape(subset, x.shape), np.float32)
+            calls[column] = functools.partial(numerics.moments, smallest, norm, groups=groups)
+        elif name is None:
             calls[column] = functools.partial(numerics.moments, x, norm, groups=groups)
         else:
             item = implementations.by_name(LATENCY_LAYERS[subset] if name == "layer" else name)
@@ -558,17 +569,50 @@ def gaps_section(frame):
     return "\n".join(lines)
 
 
+#: why a latency cell misses, from what the same run measured (latency_cause)
+LATENCY_CAUSES = {
+    "fixed cost": "the call floor (`numerics.moments` on the layer's smallest tensor, read in "
+                  "the same turns) alone takes at least PyTorch's whole layer: the cost is the "
+                  "call (argument checks, the view, the kernel dispatches, the output arrays: "
+                  "docs/architecture.md section 2.8), not the elements",
+    "elements": "the time beyond the call floor alone exceeds PyTorch's whole layer: the "
+                "kernels' rate on this shape is the limit (column M/s: elements per second "
+                "beyond the floor, against PyTorch's elements per second)",
+    "both": "neither the call floor nor the time beyond it alone exceeds PyTorch's layer; "
+            "their sum does",
+}
+
+
+def latency_cause(row):
+    """Which part of numerics' time makes a cell miss (ratio > 1): "fixed cost", "elements",
+    "both", or "" where it does not miss."""
+    if not row["ratio_to_layer"] > 1:
+        return ""
+    if row["numerics_floor_us"] >= row["torch_layer_us"]:
+        return "fixed cost"
+    if row["numerics_us"] - row["numerics_floor_us"] >= row["torch_layer_us"]:
+        return "elements"
+    return "both"
+
+
 def latency_section(frame):
-    """The latency table: every cell's median microseconds, and numerics' time over PyTorch's
-    layer (the target: at most 1)."""
+    """The latency table: every cell's median microseconds, numerics' time over PyTorch's layer
+    (the target: at most 1) and, for a miss, its measured cause."""
     if frame is None or frame.empty:
         return "(not measured)"
+    elements = frame["shape"].map(lambda shape: np.prod([int(size) for size in shape.split("x")]))
+    beyond_floor = (frame["numerics_us"] - frame["numerics_floor_us"]).clip(lower=1e-3)
+    causes = frame.apply(latency_cause, axis=1)
     table = pd.DataFrame({
         "shape": frame["shape"].str.replace("x", "×"), "layer": frame["subset"],
         "threads": frame["threads"], "numerics µs": frame["numerics_us"],
+        "call floor µs": frame["numerics_floor_us"],
         "PyTorch layer µs": frame["torch_layer_us"],
-        "torch.var_mean µs": frame["torch_var_mean_us"], "ratio": frame["ratio_to_layer"]})
+        "torch.var_mean µs": frame["torch_var_mean_us"], "ratio": frame["ratio_to_layer"],
+        "numerics M/s beyond floor": elements / beyond_floor,
+        "PyTorch M/s": elements / frame["torch_layer_us"], "cause of a miss": causes})
     microseconds = lambda value: "–" if pd.isna(value) else f"{value:,.1f}"
+    rate = lambda value: "–" if pd.isna(value) else f"{value:,.0f}"
     met = (frame["ratio_to_layer"] <= 1).sum()
     errors = frame.loc[frame["error"] != "", "error"].unique().tolist()
     lines = [f"`numerics.moments` (welford, topology \"{numerics.DEFAULT_TOPOLOGY}\", float32, "
@@ -577,11 +621,17 @@ def latency_section(frame):
              f"`native_batch_norm` in training) and `torch.var_mean` over the same groups; "
              f"median of calls taken in turn in the same process, threads set alike for numba "
              f"and torch. ratio = numerics / PyTorch layer; target ≤ 1. "
-             f"{met} of {len(frame)} cells meet it.",
-             "", report.markdown_table(table, formats={
-                 "numerics µs": microseconds, "PyTorch layer µs": microseconds,
-                 "torch.var_mean µs": microseconds,
-                 "ratio": lambda value: "–" if pd.isna(value) else f"{value:.2f}"})]
+             f"{met} of {len(frame)} cells meet it."]
+    for cause, explanation in LATENCY_CAUSES.items():
+        count = int((causes == cause).sum())
+        if count:
+            lines.append(f"\n- **{cause}** ({count} cell{'s' if count != 1 else ''}): "
+                         f"{explanation}.")
+    lines += ["", report.markdown_table(table, formats={
+        "numerics µs": microseconds, "call floor µs": microseconds,
+        "PyTorch layer µs": microseconds, "torch.var_mean µs": microseconds,
+        "ratio": lambda value: "–" if pd.isna(value) else f"{value:.2f}",
+        "numerics M/s beyond floor": rate, "PyTorch M/s": rate})]
     if errors:
         lines.append(f"\nErrors: {'; '.join(errors)}")
     return "\n".join(lines)
