@@ -6,10 +6,11 @@ Two paths, one answer:
 
 - **Fast path** (this module on the CPU, numerics.gpu_correctly_rounded on the GPU). Per group,
   with c = the group's first element, float64 sums Â = Σ fl(x − c) and B̂ = Σ fl(fl(x − c)²) in a
-  blocked order of summation depth h (``block_depth``: blocks of consecutive elements summed in
+  blocked order of summation depth h (``item_depth``: blocks of consecutive elements summed in
   vector lanes, then a pairwise tree of the blocks). A rigorous a-priori bound goes with them
-  (``_fast_bounds``): with γ_k = ku/(1 − ku), u = 2**-53 and η = 2**-1075 (the underflow of a
-  product), Σ fl(x − c)² <= B⁺ = (B̂ + nη)/(1 − γ_{h+1}), Σ|fl(x − c)| <= P⁺ = √(n·B⁺)
+  (``_fast_bounds``): with γ_k = ku/(1 − ku), u = 2**-53 and η = 2**-1074 (the least
+  subnormal: at least the 2**-1075 a product can lose to underflow, and a float64, which
+  2**-1075 is not), Σ fl(x − c)² <= B⁺ = (B̂ + nη)/(1 − γ_{h+1}), Σ|fl(x − c)| <= P⁺ = √(n·B⁺)
   (Cauchy–Schwarz: no third sum), |Â − Σ(x − c)| <= e_A = (γ_h + 2u)·P⁺ and
   |B̂ − Σ(x − c)²| <= e_B = (γ_{h+1} + 3u)·B⁺ + 2nη, then the few roundings of mean = c + Â/n
   and var = (B̂ − Â·(Â/n))/(n − ddof) on top (S = Σ(x − c)² − (Σ(x − c))²/n exactly, for any
@@ -35,20 +36,29 @@ from fractions import Fraction
 import numba
 import numpy as np
 from llvmlite import ir
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import cache, cpu, precision, reference, simd
 
-#: a block: at most BLOCK consecutive elements of a group whose rows are contiguous, or
-#: COLUMN_BLOCK rows of channels-last groups; blocks meet in a pairwise tree (``block_depth``)
-BLOCK = 4096
-COLUMN_BLOCK = 512
-#: float64 lanes of the vector accumulators (two AVX2 registers)
-LANES = 8
+#: a block: at most BLOCK consecutive elements of a group whose rows are contiguous (in LANES
+#: vector lanes), or COLUMN_BLOCK rows of channels-last groups (LANES groups per vector, ROW_STEP
+#: rows per pass); blocks meet in a pairwise tree (``item_depth``)
+BLOCK = 1024
+COLUMN_BLOCK = 32
+#: channels-last blocks per work item, whose sums meet in the kernel (few partial sums to store)
+ITEM_BLOCKS = 16
+#: channels-last rows taken per load and store of the accumulators
+ROW_STEP = 8
+#: float64 lanes of the accumulators: four AVX2 registers per sum, so that four independent
+#: chains of adds hide the add latency (docs/architecture.md, section 4.6)
+LANES = 16
+#: elements ahead of the loads that the kernels ask the cache for (``prefetch``)
+PREFETCH_AHEAD = 256
 
 _UNIT = 2.0 ** -53
-_UNDERFLOW = 2.0 ** -1075
+_UNDERFLOW = 2.0 ** -1074
 #: the bound's own float64 evaluation (a few dozen roundings) and the 1/(1 − u) factors left out
 _BOUND_INFLATION = 1 + 2.0 ** -30
 
@@ -77,16 +87,54 @@ def fused_square_add(typingctx, total, value):
     return total(total, value), codegen
 
 
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Asks the cache for the line of element ``index`` (counted flat) of a C-contiguous array
+    (llvm.prefetch, for reading): it changes no result and never faults, so an index past the
+    array is harmless. Without it the kernels read memory at 60-70 % of a plain read's rate
+    (docs/architecture.md, section 4.6)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, arguments):
+        data = context.make_array(signature.args[0])(context, builder, arguments[0]).data
+        byte_pointer = ir.IntType(8).as_pointer()
+        pointer = builder.bitcast(builder.gep(data, [arguments[1]]), byte_pointer)
+        integer = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer] + [integer] * 3),
+            "llvm.prefetch.p0i8")
+        # read (0), keep in every cache level (3), data (1)
+        builder.call(function, [pointer, ir.Constant(integer, 0), ir.Constant(integer, 3),
+                                ir.Constant(integer, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen
+
+
+@cache.cached()
+def _add_lanes(x4, index, shift, firsts, seconds):
+    """(firsts + d, seconds + d²) with d = x − shift over the LANES elements from flat
+    ``index`` (``shift``: a scalar, or a vector of one shift per lane)."""
+    d = simd.convert(simd.load(x4, index, LANES), np.float64) - shift
+    return firsts + d, fused_square_add(seconds, d)
+
+
 @cache.cached()
 def _row_block_sums(x4, shifts, item, items_per_group, n):
     """(Σd, Σd²) with d = x − shift over elements [b·BLOCK, (b + 1)·BLOCK) of a group whose
     elements run contiguously in rows (reduced_inner > 1); item = group·items_per_group + b.
-    Element j of a row run goes to lane j mod LANES; the last (< LANES) of a run to a scalar
-    tail; then the lanes meet in a halving tree and the tail joins last."""
+    The shift is the group's first element, read here (the item of block 0 stores it in
+    ``shifts``): a gather of the first elements beforehand costs a cache miss per group on the
+    calling thread alone. Element j of a row run goes to lane j mod LANES; the last (< LANES) of
+    a run to a scalar tail; then the lanes meet in a halving tree and the tail joins last."""
     reduced_outer, kept_inner, reduced_inner = x4.shape[1], x4.shape[2], x4.shape[3]
+    row_stride = kept_inner * reduced_inner
     group = item // items_per_group
     outer, inner = group // kept_inner, group % kept_inner
-    shift = shifts[group]
+    shift = np.float64(x4.flat[(outer * reduced_outer * kept_inner + inner) * reduced_inner])
+    if item % items_per_group == 0:
+        shifts[group] = shift
     start = (item % items_per_group) * BLOCK
     stop = min(start + BLOCK, n)
     firsts = simd.splat(0.0, LANES)
@@ -101,9 +149,11 @@ def _row_block_sums(x4, shifts, item, items_per_group, n):
         k += end - j
         base = ((outer * reduced_outer + row_index) * kept_inner + inner) * reduced_inner
         while j + LANES <= end:
-            d = simd.convert(simd.load(x4, base + j, LANES), np.float64) - shift
-            firsts = firsts + d
-            seconds = fused_square_add(seconds, d)
+            # the element PREFETCH_AHEAD on in the group's order: in this row or the next
+            ahead = j + PREFETCH_AHEAD
+            prefetch(x4, base + ahead + (row_stride - reduced_inner if ahead >= reduced_inner
+                                         else 0))
+            firsts, seconds = _add_lanes(x4, base + j, shift, firsts, seconds)
             j += LANES
         while j < end:
             d0 = np.float64(x4.flat[base + j]) - shift
@@ -114,79 +164,109 @@ def _row_block_sums(x4, shifts, item, items_per_group, n):
 
 
 @cache.cached()
+def _quarter_tree(vector, first):
+    return ((simd.extract(vector, first) + simd.extract(vector, first + 1))
+            + (simd.extract(vector, first + 2) + simd.extract(vector, first + 3)))
+
+
+@cache.cached()
 def _lane_tree(vector):
-    """The LANES lanes of a vector summed by a halving tree (depth log2 LANES)."""
-    return (((simd.extract(vector, 0) + simd.extract(vector, 1))
-             + (simd.extract(vector, 2) + simd.extract(vector, 3)))
-            + ((simd.extract(vector, 4) + simd.extract(vector, 5))
-               + (simd.extract(vector, 6) + simd.extract(vector, 7))))
+    """The LANES (16) lanes of a vector summed by a halving tree (depth log2 LANES)."""
+    return ((_quarter_tree(vector, 0) + _quarter_tree(vector, 4))
+            + (_quarter_tree(vector, 8) + _quarter_tree(vector, 12)))
 
 
 @cache.cached(nogil=True)
 def _rows_partials(x4, shifts, items_per_group, lo, hi, scratch, first_sums, second_sums):
     """Block sums of the items lo..hi-1 (item = group·items_per_group + block) of groups whose
-    rows are contiguous, into first_sums[group, block] and second_sums[group, block]."""
+    rows are contiguous, into first_sums[block, group] and second_sums[block, group], and their
+    groups' shifts into ``shifts``."""
     n = x4.shape[1] * x4.shape[3]
     for item in range(lo, hi):
         first, second = _row_block_sums(x4, shifts, item, items_per_group, n)
-        first_sums[item // items_per_group, item % items_per_group] = first
-        second_sums[item // items_per_group, item % items_per_group] = second
+        first_sums[item % items_per_group, item // items_per_group] = first
+        second_sums[item % items_per_group, item // items_per_group] = second
 
 
 @cache.cached()
-def _column_block_sums(x4, shifts, outer, block, firsts, seconds):
-    """Channels-last groups (reduced_inner == 1): rows [block·COLUMN_BLOCK, ...) of one kept_outer
-    index, one sequential accumulator per group (``firsts[g]``, ``seconds[g]``), LANES groups per
-    vector."""
-    reduced_outer, kept_inner = x4.shape[1], x4.shape[2]
-    group_base = outer * kept_inner
+def _column_rows(x4, shifts, start, rows, group_base, sums):
+    """Adds ``rows`` (ROW_STEP or fewer) consecutive rows from flat index ``start`` of
+    channels-last groups to their sequential sums (``sums[0, g]``, ``sums[1, g]``): a vector of
+    LANES groups is loaded, takes the rows in order (a loop of ROW_STEP iterations known at compile
+    time, so unrolled) and is stored back. For each line read, the line two passes on in memory
+    order is asked for, so the reads ahead run in memory order too."""
+    kept_inner = x4.shape[2]
     vector_groups = kept_inner - kept_inner % LANES
-    for row_index in range(block * COLUMN_BLOCK, min((block + 1) * COLUMN_BLOCK, reduced_outer)):
-        base = (outer * reduced_outer + row_index) * kept_inner
-        for inner in range(0, vector_groups, LANES):
-            d = (simd.convert(simd.load(x4, base + inner, LANES), np.float64)
-                 - simd.load(shifts, group_base + inner, LANES))
-            simd.store(firsts, inner, simd.load(firsts, inner, LANES) + d)
-            simd.store(seconds, inner, fused_square_add(simd.load(seconds, inner, LANES), d))
-        for inner in range(vector_groups, kept_inner):
-            d0 = np.float64(x4.flat[base + inner]) - shifts[group_base + inner]
-            firsts[inner] += d0
-            seconds[inner] += d0 * d0
+    ahead = start + max(2 * ROW_STEP * kept_inner, PREFETCH_AHEAD)
+    for inner in range(0, vector_groups, LANES):
+        shift = simd.load(shifts, group_base + inner, LANES)
+        first = simd.load(sums, inner, LANES)
+        second = simd.load(sums, kept_inner + inner, LANES)
+        for row in range(ROW_STEP if rows == ROW_STEP else rows):
+            prefetch(x4, ahead)
+            ahead += LANES
+            first, second = _add_lanes(x4, start + row * kept_inner + inner, shift, first,
+                                       second)
+        simd.store(sums, inner, first)
+        simd.store(sums, kept_inner + inner, second)
+    for inner in range(vector_groups, kept_inner):
+        for row in range(rows):
+            d0 = np.float64(x4.flat[start + row * kept_inner + inner]) - shifts[group_base + inner]
+            sums[0, inner] += d0
+            sums[1, inner] += d0 * d0
+
+
+@cache.cached()
+def _column_block_sums(x4, shifts, outer, first_row, sums):
+    """Channels-last groups (reduced_inner == 1): rows first_row .. first_row + COLUMN_BLOCK − 1
+    (or to the end) of one kept_outer index, one sequential sum per group, into sums[0, g] and
+    sums[1, g], ROW_STEP rows at a time."""
+    reduced_outer, kept_inner = x4.shape[1], x4.shape[2]
+    stop = min(first_row + COLUMN_BLOCK, reduced_outer)
+    sums[:] = 0.0
+    row = first_row
+    while row < stop:
+        rows = ROW_STEP if row + ROW_STEP <= stop else 1
+        _column_rows(x4, shifts, (outer * reduced_outer + row) * kept_inner, rows,
+                     outer * kept_inner, sums)
+        row += rows
 
 
 @cache.cached(nogil=True)
 def _columns_partials(x4, shifts, lo, hi, scratch, first_sums, second_sums):
-    """Block sums of the items lo..hi-1 of channels-last groups: an item is COLUMN_BLOCK rows of
-    one kept_outer index, summed for all its kept_inner groups at once in ``scratch`` (2, groups)."""
-    kept_inner = x4.shape[2]
-    blocks = first_sums.shape[1]
+    """Sums of the items lo..hi-1 of channels-last groups into first_sums[part, group] and
+    second_sums[part, group]: item = outer·parts + part is up to ITEM_BLOCKS blocks of
+    COLUMN_BLOCK rows of one kept_outer index, whose block sums (in ``scratch``, (ITEM_BLOCKS, 2,
+    kept_inner)) meet in a pairwise tree here, so that few partial sums go through memory."""
+    reduced_outer, kept_inner = x4.shape[1], x4.shape[2]
+    parts = first_sums.shape[0]
     for item in range(lo, hi):
-        outer, block = item // blocks, item % blocks
-        scratch[:] = 0.0
-        _column_block_sums(x4, shifts, outer, block, scratch[0], scratch[1])
-        first_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = scratch[0]
-        second_sums[outer * kept_inner:(outer + 1) * kept_inner, block] = scratch[1]
+        outer, part = item // parts, item % parts
+        first_row = part * ITEM_BLOCKS * COLUMN_BLOCK
+        count = min(ITEM_BLOCKS, -(-(reduced_outer - first_row) // COLUMN_BLOCK))
+        for block in range(count):
+            _column_block_sums(x4, shifts, outer, first_row + block * COLUMN_BLOCK, scratch[block])
+        totals = pairwise_totals(scratch[:count])
+        first_sums[part, outer * kept_inner:(outer + 1) * kept_inner] = totals[0]
+        second_sums[part, outer * kept_inner:(outer + 1) * kept_inner] = totals[1]
 
 
 @cache.cached(nogil=True)
 def pairwise_totals(partials):
-    """Each row of ``partials`` summed by a pairwise tree (depth ⌈log2 columns⌉), in an order
-    fixed by the shape alone."""
-    rows, columns = partials.shape
-    totals = np.empty(rows)
-    values = np.empty(columns)
-    for group in range(rows):
-        values[:] = partials[group]
-        width = columns
-        while width > 1:
-            half = (width + 1) // 2
-            for index in range(width // 2):
-                values[index] = values[2 * index] + values[2 * index + 1]
-            if width % 2:
-                values[width // 2] = values[width - 1]
-            width = half
-        totals[group] = values[0]
-    return totals
+    """The sum over the first axis of ``partials`` (C-contiguous) by a pairwise tree (depth
+    ⌈log2 partials.shape[0]⌉): neighbours pair up, an odd last one moves up a level unchanged;
+    the order is fixed by the shape alone. Overwrites ``partials``; returns partials[0]."""
+    rows = partials.reshape(partials.shape[0], -1)
+    width = rows.shape[0]
+    while width > 1:
+        half = width // 2
+        for index in range(half):
+            for column in range(rows.shape[1]):
+                rows[index, column] = rows[2 * index, column] + rows[2 * index + 1, column]
+        if width % 2:
+            rows[half, :] = rows[width - 1, :]
+        width -= half
+    return partials[0]
 
 
 def tree_depth(count):
@@ -194,13 +274,14 @@ def tree_depth(count):
     return max(int(count) - 1, 0).bit_length()
 
 
-def block_depth(reduced_inner):
-    """The summation depth of one block's sums: a channels-last block is COLUMN_BLOCK sequential
-    adds; a row block gives each lane at most BLOCK/LANES elements (then the lane tree) and the
-    tail at most LANES − 1 per row run it meets (at most ⌈BLOCK/reduced_inner⌉ + 1 runs), and the
-    tail joins in one more add."""
+def item_depth(reduced_inner):
+    """The summation depth of one work item's sums: a channels-last item is up to ITEM_BLOCKS
+    blocks of COLUMN_BLOCK sequential adds, then their pairwise tree; a row item (one block) gives
+    each lane at most BLOCK/LANES elements (then the lane tree) and the tail at most LANES − 1 per
+    row run it meets (at most ⌈BLOCK/reduced_inner⌉ + 1 runs), and the tail joins in one more
+    add."""
     if reduced_inner == 1:
-        return COLUMN_BLOCK
+        return COLUMN_BLOCK + tree_depth(ITEM_BLOCKS)
     runs = -(-BLOCK // reduced_inner) + 1
     return max(BLOCK // LANES + tree_depth(LANES), min(BLOCK, (LANES - 1) * runs)) + 1
 
@@ -211,22 +292,25 @@ def cpu_fast_sums(x4):
     Work items are fixed by the shape and cut among the threads by numerics.cpu.run_split, so the
     sums are the same bits on any thread count."""
     kept_outer, reduced_outer, kept_inner, reduced_inner = x4.shape
-    shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
     groups = kept_outer * kept_inner
     threads = numba.get_num_threads() if x4.nbytes >= cpu.THREADED_BYTES else 1
     if reduced_inner == 1:
-        blocks = -(-reduced_outer // COLUMN_BLOCK)
-        first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
-        threads = cpu.run_split(_columns_partials, ("columns", x4.dtype.str), kept_outer * blocks,
-                                (x4, shifts), [np.empty((2, kept_inner)) for _ in range(threads)],
+        # the first row of each kept_outer index: contiguous, cheap to gather
+        shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
+        parts = -(-reduced_outer // (ITEM_BLOCKS * COLUMN_BLOCK))
+        first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
+        threads = cpu.run_split(_columns_partials, ("columns", x4.dtype.str), kept_outer * parts,
+                                (x4, shifts),
+                                [np.empty((ITEM_BLOCKS, 2, kept_inner)) for _ in range(threads)],
                                 (first_sums, second_sums))
     else:
-        blocks = -(-(reduced_outer * reduced_inner) // BLOCK)
-        first_sums, second_sums = np.empty((groups, blocks)), np.empty((groups, blocks))
-        threads = cpu.run_split(_rows_partials, ("rows", x4.dtype.str), groups * blocks,
-                                (x4, shifts, blocks), [np.empty(0) for _ in range(threads)],
+        shifts = np.empty(groups)  # stored by the kernel
+        parts = -(-(reduced_outer * reduced_inner) // BLOCK)
+        first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
+        threads = cpu.run_split(_rows_partials, ("rows", x4.dtype.str), groups * parts,
+                                (x4, shifts, parts), [np.empty(0) for _ in range(threads)],
                                 (first_sums, second_sums))
-    depth = block_depth(reduced_inner) + tree_depth(blocks)
+    depth = item_depth(reduced_inner) + tree_depth(parts)
     return (shifts, cache.call(pairwise_totals, "totals", first_sums),
             pairwise_totals(second_sums), depth, threads)
 
@@ -240,25 +324,40 @@ def _gamma(k):
 def _fast_bounds(n, ddof, depth, shifts, first_sums, second_sums):
     """(mean, mean_error, var, var_error) per group in float64 from the fast sums, each error a
     rigorous bound (module docstring; the bound's own evaluation is covered by _BOUND_INFLATION)."""
-    with np.errstate(all="ignore"):
-        second_upper = (second_sums + n * _UNDERFLOW) / (1 - _gamma(depth + 1))
+    arrays = [np.ascontiguousarray(values, np.float64)
+              for values in (shifts, first_sums, second_sums)]
+    return cache.call(_group_bounds, "bounds", float(n), float(n - ddof), _gamma(depth),
+                      _gamma(depth + 1), *arrays)
+
+
+@cache.cached()
+def _group_bounds(n, freedom, gamma, next_gamma, shifts, first_sums, second_sums):
+    """_fast_bounds group by group (one compiled loop: the same float64 operations in the same
+    order as written, without numpy's temporaries); a freedom n − ddof <= 0 gives a NaN
+    variance."""
+    groups = shifts.size
+    mean, mean_error = np.empty(groups), np.empty(groups)
+    var, var_error = np.empty(groups), np.empty(groups)
+    for group in range(groups):
+        first, second = first_sums[group], second_sums[group]
+        second_upper = (second + n * _UNDERFLOW) / (1 - next_gamma)
         abs_first_upper = np.sqrt(n * second_upper)
-        first_error = (_gamma(depth) + 2 * _UNIT) * abs_first_upper
-        second_error = (_gamma(depth + 1) + 3 * _UNIT) * second_upper + 2 * n * _UNDERFLOW
-        quotient = first_sums / n
-        mean = shifts + quotient
-        mean_error = (_UNIT * np.abs(mean) + _UNIT * np.abs(quotient) + first_error / n
-                      + 2 * _UNDERFLOW)
-        product = first_sums * quotient
-        squares = second_sums - product
-        abs_first = np.abs(first_sums)
-        squares_error = (_UNIT * np.abs(squares) + second_error + _UNIT * np.abs(product)
+        first_error = (gamma + 2 * _UNIT) * abs_first_upper
+        second_error = (next_gamma + 3 * _UNIT) * second_upper + 2 * n * _UNDERFLOW
+        quotient = first / n
+        mean[group] = shifts[group] + quotient
+        mean_error[group] = (_UNIT * abs(mean[group]) + _UNIT * abs(quotient) + first_error / n
+                             + 2 * _UNDERFLOW) * _BOUND_INFLATION
+        product = first * quotient
+        squares = second - product
+        abs_first = abs(first)
+        squares_error = (_UNIT * abs(squares) + second_error + _UNIT * abs(product)
                          + _UNIT * abs_first * abs_first / n + abs_first * _UNDERFLOW + _UNDERFLOW
                          + first_error * (2 * abs_first + first_error) / n)
-        freedom = n - ddof
-        var = squares / freedom if freedom > 0 else np.full_like(squares, np.nan)
-        var_error = _UNIT * np.abs(var) + _UNDERFLOW + squares_error / max(freedom, 1)
-    return (mean, mean_error * _BOUND_INFLATION, var, var_error * _BOUND_INFLATION)
+        var[group] = squares / freedom if freedom > 0 else np.nan
+        var_error[group] = (_UNIT * abs(var[group]) + _UNDERFLOW
+                            + squares_error / max(freedom, 1.0)) * _BOUND_INFLATION
+    return mean, mean_error, var, var_error
 
 
 def certify(n, ddof, depth, shifts, first_sums, second_sums, output_format):

@@ -147,6 +147,20 @@ def test_large_groups_with_several_blocks_both_layouts():
     check(x.astype(np.float64), "instance", layout="NHWC", output_format="float32")
 
 
+def test_channels_last_blocks_items_and_leftover_rows():
+    """Channels-last groups through every branch of the column kernel: vectors of LANES groups
+    and a scalar tail (35 channels), blocks ending in leftover rows (not a multiple of ROW_STEP),
+    items of ITEM_BLOCKS blocks and a shorter last item, and several kept_outer indices."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(-1.5, 3.0, (3, 37, 29, 35)).astype(np.float32)
+    rows = 3 * 37 * 29
+    assert rows % correctly_rounded.COLUMN_BLOCK % correctly_rounded.ROW_STEP
+    assert rows > correctly_rounded.ITEM_BLOCKS * correctly_rounded.COLUMN_BLOCK
+    assert 35 % correctly_rounded.LANES
+    check(x, "batch", layout="NHWC")
+    check(x, "instance", layout="NHWC", ddof=1)
+
+
 @pytest.mark.parametrize("offset", (1e4, 1e5, 1e6, 1e7))
 @pytest.mark.parametrize("output_format", ("float16", "float32", "float64"))
 def test_ill_conditioned(offset, output_format):
@@ -345,3 +359,23 @@ def test_bench_table_smoke():
     assert list(table["shape"]) == ["4x8x16x16", "64x256"]
     assert (table["elements_per_s"] > 0).all() and (table["share_of_read"] > 0).all()
     assert (table["groups"] == [8, 64]).all()
+    assert (table[["fast_share_of_read", "fast_in_cache_elements_per_s"]] > 0).all().all()
+    shares = table[["certify_share_of_rule", "exact_share_of_rule", "rest_share_of_rule"]]
+    assert ((shares >= 0) & (shares <= 1)).all().all()
+    assert ((table["cause"] == "") == (table["share_of_read"] >= 0.8)).all()
+    assert "cause of a miss" in correctly_rounded_bench.section_table(table)
+
+
+def test_bench_miss_cause_names_the_parts_largest_first():
+    from studies import correctly_rounded_bench
+    row = {"share_of_read": 0.5, "fast_share_of_read": 0.8, "read_elements_per_s": 1e9,
+           "fast_in_cache_elements_per_s": 3e9, "certify_share_of_rule": 0.05,
+           "exact_share_of_rule": 0.3, "exact_groups_alone": 1.0, "rest_share_of_rule": 0.005}
+    # in units of the read's time: exact 0.6, fast 0.25, certification 0.1, rest 0.01 (left out)
+    assert correctly_rounded_bench.miss_cause(row) == (
+        "exact path (1.0 group(s) a call) 30 % of the call; fast sums at 80 % of the read from "
+        "memory (memory access: in cache it runs at 3.0× the read's rate from memory); "
+        "certification 5 % of the call")
+    assert "arithmetic: even in cache" in correctly_rounded_bench.miss_cause(
+        {**row, "fast_in_cache_elements_per_s": 0.9e9})
+    assert correctly_rounded_bench.miss_cause({**row, "share_of_read": 0.8}) == ""
