@@ -70,10 +70,11 @@ def package_cache_setting():
 
 
 def cached(**options):
-    """``numba.njit(cache=True, **options)`` with the package's cache directory."""
+    """``numba.njit(cache=True, **options)`` with the package's cache directory, for a kernel
+    that Python calls: without the C-callable (cfunc) wrapper numba would also build."""
     def decorate(function):
         with package_cache_setting():
-            return numba.njit(cache=True, **options)(function)
+            return numba.njit(cache=True, no_cfunc_wrapper=True, **options)(function)
     return decorate
 
 

@@ -40,7 +40,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import cache, cpu, precision, reference, simd
+from . import cache, cpu, precision, reference, simd, targets
 
 #: a block: at most BLOCK consecutive elements of a group whose rows are contiguous (in LANES
 #: vector lanes), or COLUMN_BLOCK rows of channels-last groups (LANES groups per vector, ROW_STEP
@@ -112,7 +112,7 @@ def prefetch(typingctx, array, index):
     return types.none(array, index), codegen
 
 
-@cache.cached()
+@numba.njit(**targets.INTERNAL)
 def _add_lanes(x4, index, shift, firsts, seconds):
     """(firsts + d, seconds + d²) with d = x − shift over the LANES elements from flat
     ``index`` (``shift``: a scalar, or a vector of one shift per lane)."""
@@ -120,7 +120,7 @@ def _add_lanes(x4, index, shift, firsts, seconds):
     return firsts + d, fused_square_add(seconds, d)
 
 
-@cache.cached()
+@numba.njit(**targets.INTERNAL)
 def _row_block_sums(x4, shifts, item, items_per_group, n):
     """(Σd, Σd²) with d = x − shift over elements [b·BLOCK, (b + 1)·BLOCK) of a group whose
     elements run contiguously in rows (reduced_inner > 1); item = group·items_per_group + b.
@@ -163,13 +163,13 @@ def _row_block_sums(x4, shifts, item, items_per_group, n):
     return _lane_tree(firsts) + tail_first, _lane_tree(seconds) + tail_second
 
 
-@cache.cached()
+@numba.njit(**targets.INTERNAL)
 def _quarter_tree(vector, first):
     return ((simd.extract(vector, first) + simd.extract(vector, first + 1))
             + (simd.extract(vector, first + 2) + simd.extract(vector, first + 3)))
 
 
-@cache.cached()
+@numba.njit(**targets.INTERNAL)
 def _lane_tree(vector):
     """The LANES (16) lanes of a vector summed by a halving tree (depth log2 LANES)."""
     return ((_quarter_tree(vector, 0) + _quarter_tree(vector, 4))
@@ -188,7 +188,7 @@ def _rows_partials(x4, shifts, items_per_group, lo, hi, scratch, first_sums, sec
         second_sums[item % items_per_group, item // items_per_group] = second
 
 
-@cache.cached()
+@numba.njit(**targets.INTERNAL)
 def _column_rows(x4, shifts, start, rows, group_base, sums):
     """Adds ``rows`` (ROW_STEP or fewer) consecutive rows from flat index ``start`` of
     channels-last groups to their sequential sums (``sums[0, g]``, ``sums[1, g]``): a vector of
@@ -216,7 +216,7 @@ def _column_rows(x4, shifts, start, rows, group_base, sums):
             sums[1, inner] += d0 * d0
 
 
-@cache.cached()
+@numba.njit(**targets.INTERNAL)
 def _column_block_sums(x4, shifts, outer, first_row, sums):
     """Channels-last groups (reduced_inner == 1): rows first_row .. first_row + COLUMN_BLOCK − 1
     (or to the end) of one kept_outer index, one sequential sum per group, into sums[0, g] and
@@ -246,13 +246,19 @@ def _columns_partials(x4, shifts, lo, hi, scratch, first_sums, second_sums):
         count = min(ITEM_BLOCKS, -(-(reduced_outer - first_row) // COLUMN_BLOCK))
         for block in range(count):
             _column_block_sums(x4, shifts, outer, first_row + block * COLUMN_BLOCK, scratch[block])
-        totals = pairwise_totals(scratch[:count])
+        totals = _pairwise_tree(scratch[:count])
         first_sums[part, outer * kept_inner:(outer + 1) * kept_inner] = totals[0]
         second_sums[part, outer * kept_inner:(outer + 1) * kept_inner] = totals[1]
 
 
 @cache.cached(nogil=True)
 def pairwise_totals(partials):
+    """_pairwise_tree, for Python callers (through numerics.cache.call)."""
+    return _pairwise_tree(partials)
+
+
+@numba.njit(**targets.INTERNAL)
+def _pairwise_tree(partials):
     """The sum over the first axis of ``partials`` (C-contiguous) by a pairwise tree (depth
     ⌈log2 partials.shape[0]⌉): neighbours pair up, an odd last one moves up a level unchanged;
     the order is fixed by the shape alone. Overwrites ``partials``; returns partials[0]."""
@@ -270,7 +276,7 @@ def pairwise_totals(partials):
 
 
 def tree_depth(count):
-    """⌈log2 count⌉ for count >= 1: the depth of ``pairwise_totals`` and of a halving tree."""
+    """⌈log2 count⌉ for count >= 1: the depth of ``_pairwise_tree`` and of a halving tree."""
     return max(int(count) - 1, 0).bit_length()
 
 
@@ -312,7 +318,7 @@ def cpu_fast_sums(x4):
                                 (first_sums, second_sums))
     depth = item_depth(reduced_inner) + tree_depth(parts)
     return (shifts, cache.call(pairwise_totals, "totals", first_sums),
-            pairwise_totals(second_sums), depth, threads)
+            cache.call(pairwise_totals, "totals", second_sums), depth, threads)
 
 
 # ---- certification (host, shared by the CPU and the GPU) ------------------------------------------

@@ -39,13 +39,19 @@ ROUNDERS = {
     "float64": precision.identity,
 }
 
+#: the jit options of every CPU function that only compiled code calls (``jit_options`` of numba's
+#: ``overload``): no C-callable (cfunc) wrapper, which numba builds for every compiled function
+#: unless told not to and nothing here uses, and no CPython wrapper (an overload's default);
+#: the wrappers were about an eighth of a first call's compile time (docs/architecture.md 2.7)
+INTERNAL = {"no_cfunc_wrapper": True, "no_cpython_wrapper": True}
+
 #: the plain functions that compiled code calls by name
 JITABLE = (algorithms.RULE_FUNCTIONS + tuple(INPUT_DECODERS.values())
            + (precision.round_float32_to_float16, precision.round_float32_to_bfloat16,
               topology.merge_lanes, topology.merge_blocks))
 
 for _function in JITABLE:
-    register_jitable(_function)
+    register_jitable(**INTERNAL)(_function)
 
 
 def compute_type_of(acc_format):
@@ -169,7 +175,7 @@ def _multiply(a, b):
     return a * b
 
 
-register_jitable(_multiply)
+register_jitable(**INTERNAL)(_multiply)
 
 
 def cpu_arithmetic(ctx):
@@ -191,7 +197,8 @@ def cpu_arithmetic(ctx):
             "mul_add": lambda ctx, a, b, c: a * b + c}
 
 
-_define_arithmetic(CpuContextType, cpu_arithmetic, overload_method)
+_define_arithmetic(CpuContextType, cpu_arithmetic,
+                   functools.partial(overload_method, jit_options=INTERNAL))
 
 
 # ---- GPU ------------------------------------------------------------------------------------------
