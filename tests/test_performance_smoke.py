@@ -19,6 +19,8 @@ def test_smoke_bench_writes_the_report(tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     text = (tmp_path / "performance.md").read_text()
     for heading in ("# Performance of the CPU kernels", "## Targets", "## Peers",
+                    "## In-cache throughput against the streaming read",
+                    "## Where the targets are missed, and why",
                     "## Latency against PyTorch", "## Exact reference and first call",
                     "profile: smoke"):
         assert heading in text
@@ -33,5 +35,17 @@ def test_smoke_bench_writes_the_report(tmp_path):
     assert set(latency.threads) == {1, 2} and set(latency.subset) == {"layer", "group32", "batch"}
     assert (latency["error"] == "").all(), latency["error"].tolist()
     assert (latency[["numerics_us", "torch_layer_us", "torch_var_mean_us"]] > 0).all().all()
+    in_cache = pd.read_parquet(tmp_path / "data" / "performance_in_cache.parquet")
+    rules = set(frame[frame.kind == "numerics"].algorithm)
+    assert set(in_cache.algorithm) == rules
+    assert set(in_cache.subset) == {"batch", "layer", "instance", "group32"}
+    assert set(in_cache.layout) == {"NCHW", "NHWC"}
+    assert {("float32", "float32"), ("float16", "float32")} == set(
+        zip(in_cache.input_dtype, in_cache.acc_dtype))
+    assert len(in_cache) == len(rules) * 4 * 2 * 2
+    assert (in_cache.large_bytes == 3 * in_cache.small_bytes).all()
+    assert (in_cache.large_bytes <= 512 * 1024).all()  # the L2 of one core holds the tensor
+    assert (in_cache[["read_elements_per_s", "small_seconds", "large_seconds"]] > 0).all().all()
+    assert (in_cache["calls"] >= 5).all()
     for name in ("performance_first_call", "performance_reference"):
         assert len(pd.read_parquet(tmp_path / "data" / f"{name}.parquet")) == 1
