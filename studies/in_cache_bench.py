@@ -29,8 +29,8 @@ PRECISIONS = (("float32", "float32"), ("float32", "float64"), ("float16", "float
               ("bfloat16", "float32"))
 SMOKE_PRECISIONS = (("float32", "float32"), ("float16", "float32"))
 #: the sample shape (C, H, W) of each subset, a slice of the bandwidth cells' (32, 256, 56, 56)
-#: with their runs and groups: 3136-element planes, and 256 channels where BatchNorm and
-#: GroupNorm read channels last (GroupNorm's 32 groups per sample then hold 784 elements)
+#: with their runs and groups: 3136-element planes; 256 channels for GroupNorm and for BatchNorm
+#: channels last (GroupNorm's 32 groups per sample then hold 784 elements, 25 088 in the cells)
 SAMPLES = {"batch": (8, 56, 56), "layer": (8, 56, 56), "instance": (8, 56, 56),
            "group32": (256, 7, 14)}
 CHANNELS_LAST_SAMPLES = {"batch": (256, 7, 14)}
@@ -52,14 +52,14 @@ def factors(profile, rules):
             "layout": performance.LAYOUTS,
             "formats": tuple(f"{inp}>{acc}" for inp, acc in (SMOKE_PRECISIONS if smoke
                                                            else PRECISIONS)),
-            "smoke_samples": (smoke,),
+            "profile": (profile,),
             "probe_bytes": (SMOKE_PROBE_BYTES if smoke else PROBE_BYTES,),
             "seconds": (0.02 if smoke else 0.5,)}
 
 
-def sample_shape(subset, layout, smoke):
+def sample_shape(subset, layout, profile):
     """(C, H, W) of one sample of the cell's tensors."""
-    if smoke:
+    if profile == "smoke":
         return SMOKE_SAMPLES[subset]
     return (CHANNELS_LAST_SAMPLES.get(subset, SAMPLES[subset]) if layout == "NHWC"
             else SAMPLES[subset])
@@ -84,7 +84,7 @@ def measure(settings, seed):
     from studies.performance import interleaved_medians
     input_dtype, acc_dtype = settings["formats"].split(">")
     norm, groups = performance.subset_arguments(settings["subset"])
-    sample = sample_shape(settings["subset"], settings["layout"], settings["smoke_samples"])
+    sample = sample_shape(settings["subset"], settings["layout"], settings["profile"])
     small, large = tensors(sample, settings["layout"], input_dtype, seed)
     calls = [lambda x=x: numerics.moments(x, norm, groups=groups, layout=settings["layout"],
                                           algorithm=settings["algorithm"], acc_dtype=acc_dtype)
