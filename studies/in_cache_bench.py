@@ -6,7 +6,8 @@ formats) times ``numerics.moments`` on two tensors small enough to stay together
 L2 of a core: batches 1 and 3 of a sample (C, H, W) of about 25 000 elements, 98 and 294 KiB in
 float32. The sample keeps the runs and groups of the bandwidth cells' (32, 256, 56, 56) (SAMPLES):
 per-group work (a group's lane tree) costs as much per element here as there, except GroupNorm,
-whose 32 groups per sample hold 784 elements here against 25 088 there (its ratio errs low).
+whose 32 groups per sample hold 784 elements here against 25 088 there (its ratio errs low), and
+InstanceNorm channels last, whose groups step over 8 channels here against 256 there.
 A call on such a tensor also pays 50 to 100 µs of fixed cost (Python, argument checks, dispatch,
 the thread pool), more than its arithmetic, so the cell's in-cache rate is the slope between the
 two sizes: Δelements / Δseconds of the two sizes' median calls, taken in turn

@@ -509,8 +509,9 @@ CAUSES = (
      "the cell streamed its elements faster than the in-cache rate of the same rule, subset, "
      "layout and formats allows (share of the read above the headroom): the in-cache sample "
      "costs more per element than the cell (GroupNorm's groups hold 784 elements there, "
-     "thousands here), or the machine's state changed between the two; the in-cache rate is "
-     "then no bound on this cell and does not decide its cause."),
+     "thousands here; InstanceNorm channels last steps over 8 channels there, 256 here), or "
+     "the machine's state changed between the two; the in-cache rate is then no bound on this "
+     "cell and does not decide its cause."),
     ("arithmetic-bound (measured)",
      lambda cell: cell.headroom < in_cache_bench.TARGET_RATIO,
      "the rule's arithmetic, measured in cache on the same rule, subset, layout and formats, "
@@ -592,9 +593,11 @@ def gaps_section(frame, in_cache):
         assigned |= mask
         group = misses[mask]
         worst = group.loc[(group.target - group.share_of_read).idxmax()]
-        headroom = ("" if group.headroom.isna().all() else
-                    f"; headroom {group.headroom.min():.1f} to {group.headroom.max():.1f}")
-        lines.append(f"\n**{title}** ({mask.sum()} cells{headroom}; largest gap: "
+        low, high = group.headroom.min(), group.headroom.max()
+        headroom = ("" if group.headroom.isna().all() else f"; headroom {low:.1f}"
+                    + ("" if f"{low:.1f}" == f"{high:.1f}" else f" to {high:.1f}"))
+        count = f"{mask.sum()} cell{'s' if mask.sum() > 1 else ''}"
+        lines.append(f"\n**{title}** ({count}{headroom}; largest gap: "
                      f"{worst.algorithm} {worst.subset} {worst.layout} {worst['shape']} acc "
                      f"{worst.acc_dtype} {worst.threads}t, {percent(worst.share_of_read)} % "
                      f"against {percent(worst.target)} %, headroom {worst.headroom:.1f}): "
