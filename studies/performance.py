@@ -451,6 +451,22 @@ def target_table(frame, shape, acc_dtype):
                                  formats={column: str for column in ["rule", "target", *columns]})
 
 
+def target_sections(frame):
+    """One subsection per shape and accumulator: the target table and the speed-up table."""
+    sections = []
+    for shape in frame["shape"].unique():
+        for acc_dtype in ("float32", "float64"):
+            table = target_table(frame, shape, acc_dtype)
+            if table:
+                sections.append(f"### {shape}, float32 input, {acc_dtype} accumulation\n\n"
+                                f"Share of the read bandwidth (%) on 1 / 2 threads, ✗ below "
+                                f"target, ▼ behind a peer:\n\n{table}\n\nSpeed-up over the "
+                                f"fastest peer of the same cell (numpy, torch.var_mean, "
+                                f"PyTorch's layer), {frame.threads.max()} threads:\n\n"
+                                f"{speedup_table(frame, shape, acc_dtype)}")
+    return "\n\n".join(sections)
+
+
 def speedup_table(frame, shape, acc_dtype):
     """Rules x (subset, layout): speed-up over the fastest peer on the most threads measured."""
     cells = target_cells(frame, shape, acc_dtype, (frame.threads.max(),))
@@ -656,18 +672,7 @@ def report_section(results):
     reference_line = (f"{reference['elements_per_second'] / 1e6:.1f} M float32 elements/s on one "
                       f"core ({reference['elements']:,} elements, median of "
                       f"{len(reference['seconds'])}; target ≥ 100 M/s)")
-    sections = []
-    for shape in frame["shape"].unique():
-        for acc_dtype in ("float32", "float64"):
-            table = target_table(frame, shape, acc_dtype)
-            if table:
-                sections.append(f"### {shape}, float32 input, {acc_dtype} accumulation\n\n"
-                                f"Share of the read bandwidth (%) on 1 / 2 threads, ✗ below "
-                                f"target, ▼ behind a peer:\n\n{table}\n\nSpeed-up over the "
-                                f"fastest peer of the same cell (numpy, torch.var_mean, "
-                                f"PyTorch's layer), {frame.threads.max()} threads:\n\n"
-                                f"{speedup_table(frame, shape, acc_dtype)}")
-    targets = "\n\n".join(sections)
+    targets = target_sections(frame)
     peer_names = ", ".join(item.name for item in peers())
     body = f"""- numba threads used: {sorted(frame.threads.unique().tolist())}, torch threads set to
   the same, numpy single-threaded; peers (numerics.implementations): {peer_names}
@@ -768,7 +773,8 @@ def grid(profile):
     correctly_rounded = engine.Slice("correctly_rounded", {
         "case": tuple(correctly_rounded_cases(profile)), "profile": (profile,),
         "threads": threads, "repetitions": (2 if smoke else 5,)})
-    return (timings, in_cache, latency, correctly_rounded, engine.Slice("first_call", {"process": ("fresh",)}),
+    return (timings, in_cache, latency, correctly_rounded,
+            engine.Slice("first_call", {"process": ("fresh",)}),
             engine.Slice("reference", {"elements": (200_000 if smoke else 10_000_000,),
                                        "repetitions": (2 if smoke else 3,)}))
 
