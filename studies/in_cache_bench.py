@@ -125,12 +125,17 @@ def section(frame):
              f"({sample_list(frame)}): Δelements / Δseconds of the "
              f"median calls of each size, the marginal cost of an element in cache without the "
              f"call's fixed cost, i.e. the rate of the arithmetic. Target ≥ {TARGET_RATIO:g}×: "
-             f"{met} of {len(frame)} cells meet it. Streaming read (one thread): median "
+             f"{met} of {len(frame)} cells meet it; {frame.in_cache_ratio.isna().sum()} slopes "
+             f"not measured (–: the larger tensor's median call was not the slower). "
+             f"Streaming read (one thread): median "
              f"{probes.median():.1f} GB/s (range {probes.min():.1f} to {probes.max():.1f})."]
     for (input_dtype, acc_dtype), cells in frame.groupby(["input_dtype", "acc_dtype"],
                                                         sort=False):
+        # every cell keeps its column, an unmeasured slope (NaN) too, in the cells' order
         table = cells.pivot_table(index="algorithm", columns=["subset", "layout"],
-                                  values="in_cache_ratio", sort=False)
+                                  values="in_cache_ratio", sort=False, dropna=False)
+        table = table.reindex(columns=pd.MultiIndex.from_frame(
+            cells[["subset", "layout"]].drop_duplicates()))
         table.columns = [f"{subset} {layout}" for subset, layout in table.columns]
         rates = cells.in_cache_elements_per_s / 1e9
         lines.append(f"\n### {input_dtype} input, {acc_dtype} accumulation\n\nIn-cache rate / "
