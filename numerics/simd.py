@@ -22,6 +22,8 @@ from numba.core import cgutils
 from numba.core.imputils import lower_cast
 from numba.extending import intrinsic, models, overload, register_model
 
+from .targets import INTERNAL
+
 _I32 = ir.IntType(32)
 
 
@@ -225,7 +227,7 @@ def _arithmetic(instruction):
 def _register_operator(python_operator, instruction):
     implementation = _arithmetic(instruction)
 
-    @overload(python_operator)
+    @overload(python_operator, jit_options=INTERNAL)
     def vector_operator(left, right):
         if isinstance(left, Vector) or isinstance(right, Vector):
             return lambda left, right: implementation(left, right)
@@ -244,7 +246,7 @@ def _negate(typingctx, vector):
     return vector(vector), codegen
 
 
-@overload(operator.neg)
+@overload(operator.neg, jit_options=INTERNAL)
 def _vector_negation(vector):
     if isinstance(vector, Vector):
         return lambda vector: _negate(vector)

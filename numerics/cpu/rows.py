@@ -11,6 +11,7 @@ import numba
 from numba.extending import overload
 
 from .. import algorithms, cache, simd
+from ..targets import INTERNAL
 from ..topology import merge_blocks
 from .scratch import vectors_in_flight, width_of
 from .streaming import merge_batch, push_in_mode, stream_vectors
@@ -21,7 +22,7 @@ from .streaming import merge_batch, push_in_mode, stream_vectors
 SLAB_ROWS_PER_LANE = 8
 
 
-@numba.njit
+@numba.njit(**INTERNAL)
 def stream_rows_scalar(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, column_lo, row_centers,
                        counts, firsts, seconds):
     """Columns column_lo.. of the slab's lane rows, one element at a time."""
@@ -42,7 +43,7 @@ def stream_rows(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, co
     raise NotImplementedError("stream_rows runs in compiled code only")
 
 
-@overload(stream_rows)
+@overload(stream_rows, jit_options=INTERNAL)
 def _stream_rows(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts,
                  seconds):
     if not ctx.vectorized:
@@ -75,7 +76,7 @@ def _stream_rows(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, c
     return run
 
 
-@numba.njit
+@numba.njit(**INTERNAL)
 def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, scratch, unit_counts,
                         unit_firsts, unit_seconds):
     """The lane tree of every group of the slice, ``width`` groups at once: lane

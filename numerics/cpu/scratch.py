@@ -6,6 +6,7 @@ import numpy as np
 from numba.extending import overload
 
 from .. import precision
+from ..targets import INTERNAL
 
 #: bytes of a SIMD register: 256-bit AVX2 (an AVX-512 machine runs the same code on its ymm halves)
 REGISTER_BYTES = 32
@@ -45,7 +46,7 @@ def width_of(ctx):
     return vector_width(ctx.acc_format) if ctx.vectorized else 1
 
 
-@overload(width_of)
+@overload(width_of, jit_options=INTERNAL)
 def _width_of(ctx):
     width = width_of(ctx)
     return lambda ctx: width

@@ -10,6 +10,7 @@ import numba
 from numba.extending import overload
 
 from .. import algorithms, cache, simd
+from ..targets import INTERNAL
 from ..topology import WARP_SIZE, merge_blocks, merge_lanes
 from .scratch import vectors_in_flight, width_of
 from .streaming import merge_batch, push_in_mode, stream_vectors
@@ -24,7 +25,7 @@ def stream_chunks(ctx, mode, row, j, chunks, count, center, lanes, firsts, secon
     raise NotImplementedError("stream_chunks runs in compiled code only")
 
 
-@overload(stream_chunks)
+@overload(stream_chunks, jit_options=INTERNAL)
 def _stream_chunks(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
     if ctx.vectorized:
         in_flight = vectors_in_flight(ctx.acc_format)
@@ -54,7 +55,7 @@ def _stream_chunks(ctx, mode, row, j, chunks, count, center, lanes, firsts, seco
     return run
 
 
-@numba.njit
+@numba.njit(**INTERNAL)
 def block_lanes(ctx, mode, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds):
     """The lane states of elements start..stop-1 of group (k1, k2)."""
     reduced_inner = x4.shape[3]
@@ -101,7 +102,7 @@ def fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
     raise NotImplementedError("fold_vectors runs in compiled code only")
 
 
-@overload(fold_vectors)
+@overload(fold_vectors, jit_options=INTERNAL)
 def _fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
     if not ctx.vectorized:
         return lambda ctx, counts, firsts, seconds, lanes, warp_counts: -1
@@ -120,7 +121,7 @@ def _fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
     return fold
 
 
-@numba.njit
+@numba.njit(**INTERNAL)
 def gather_member(folded, w, lanes, width, member_firsts, member_seconds, batch_firsts,
                   batch_seconds):
     """Lane states of member ``w`` into column w of the batch: only the lanes that still carry a

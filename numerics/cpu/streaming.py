@@ -11,7 +11,7 @@ from numba import types
 from numba.extending import overload
 
 from .. import precision, simd
-from ..targets import Mode
+from ..targets import INTERNAL, Mode
 from ..topology import merge_lanes
 from .scratch import vector_width, width_of
 
@@ -27,7 +27,7 @@ def push_in_mode(ctx, mode, count, center, first, second, x):
     raise NotImplementedError("push_in_mode runs in compiled code only")
 
 
-@overload(push_in_mode)
+@overload(push_in_mode, jit_options=INTERNAL)
 def _push_in_mode(ctx, mode, count, center, first, second, x):
     if mode.mode == CENTERED.name:
         def push(ctx, mode, count, center, first, second, x):
@@ -49,7 +49,7 @@ def load_vector(ctx, data, j):
     raise NotImplementedError("load_vector runs in compiled code only")
 
 
-@overload(load_vector)
+@overload(load_vector, jit_options=INTERNAL)
 def _load_vector(ctx, data, j):
     width = width_of(ctx)
     compute_type = precision.COMPUTE_DTYPES[ctx.acc_format].type
@@ -71,7 +71,7 @@ def stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, center
     raise NotImplementedError("stream_vectors runs in compiled code only")
 
 
-@overload(stream_vectors, prefer_literal=True)
+@overload(stream_vectors, prefer_literal=True, jit_options=INTERNAL)
 def _stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, center, firsts,
                     seconds, base):
     if not isinstance(vectors, types.IntegerLiteral):
@@ -85,7 +85,7 @@ def _stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, cente
     else:
         def center_vector(center, index):
             return center
-    center_vector = numba.njit(center_vector)
+    center_vector = numba.njit(**INTERNAL)(center_vector)
 
     def run(ctx, mode, vectors, data, start, stride, steps, count, center, firsts, seconds,
             base):
@@ -116,7 +116,7 @@ def merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out_
     raise NotImplementedError("merge_batch runs in compiled code only")
 
 
-@overload(merge_batch)
+@overload(merge_batch, jit_options=INTERNAL)
 def _merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
                  out_seconds):
     if ctx.vectorized:
