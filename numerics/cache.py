@@ -84,18 +84,22 @@ _CALLED_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def module_lock(kernel):
-    """An exclusive lock shared by every process on the cache files of ``kernel``'s module: the
-    open lock file, locked."""
+def locked_file(name):
+    """The open file ``name`` of the cache directory, under an exclusive lock shared by every
+    process."""
     directory = cache_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    name = Path(kernel.py_func.__code__.co_filename).stem
-    with open(directory / f"{name}.lock", "a") as lock:
+    with open(directory / name, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield lock
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def module_lock(kernel):
+    """The lock on the cache files of ``kernel``'s module (``locked_file``)."""
+    return locked_file(f"{Path(kernel.py_func.__code__.co_filename).stem}.lock")
 
 
 class UnlockedCompilation(event.Listener):
@@ -118,20 +122,11 @@ class UnlockedCompilation(event.Listener):
             fcntl.flock(self.lock, fcntl.LOCK_EX)
 
 
-@contextlib.contextmanager
 def specialization_lock(kernel, key):
-    """An exclusive lock shared by every process on one specialization of ``kernel`` (``key``,
-    whose repr is the same in every process): held through its first call."""
-    directory = cache_directory()
-    directory.mkdir(parents=True, exist_ok=True)
+    """The lock on one specialization of ``kernel`` (``key``, whose repr is the same in every
+    process), held through its first call (``locked_file``)."""
     name = f"{kernel.py_func.__module__}.{kernel.py_func.__qualname__}{key!r}"
-    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-    with open(directory / f"specialization-{digest}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return locked_file(f"specialization-{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock")
 
 
 def call(kernel, key, *arguments):

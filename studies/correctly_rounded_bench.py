@@ -4,7 +4,7 @@ table that ``throughput_table()`` returns (for ``make bench``).
 
 Method: for each shape, layout and thread count, the rule, the default rule ("welford", its
 float32 accumulator) and the streaming read
-(studies.performance.stream_read: vector loads and adds, split over the threads) alternate on two
+(studies.performance.read_seconds: vector loads and adds, split over the threads) alternate on two
 rotating float32 tensors larger than the L3 cache, each timed ``repetitions`` times after an
 untimed first call; the share is the rule's median throughput over the read's median throughput,
 both in elements per second of the same tensors. A benchmark reports; it never fails on seconds.
@@ -26,7 +26,7 @@ import pandas as pd
 
 import numerics
 from numerics import correctly_rounded
-from studies.performance import stream_read
+from studies.performance import read_seconds
 
 #: (norm, groups, shape, layout): the issue's CNN tensor in both layouts, and LayerNorm rows
 SHAPES = (("batch", None, (32, 256, 56, 56), "NCHW"), ("batch", None, (32, 256, 56, 56), "NHWC"),
@@ -43,13 +43,6 @@ TARGET_SHARE = 0.8
 HEADROOM = 1.5
 #: a part of the rule costing less than this fraction of the read's time is not named as a cause
 NEGLIGIBLE = 0.02
-
-
-def _read_seconds(pool, flat, threads):
-    bounds = [flat.size * t // threads for t in range(threads + 1)]
-    start = time.perf_counter()
-    list(pool.map(lambda t: stream_read(flat, bounds[t], bounds[t + 1]), range(threads)))
-    return time.perf_counter() - start
 
 
 def _rule_seconds(x, norm, groups, layout, output_format, algorithm="correctly_rounded"):
@@ -106,27 +99,27 @@ def measure(norm, groups, shape, layout, threads, repetitions, seed=0, output_fo
     with ThreadPoolExecutor(threads) as pool:
         _rule_seconds(buffers[0], norm, groups, layout, output_format)
         _rule_seconds(buffers[0], norm, groups, layout, output_format, DEFAULT_ALGORITHM)
-        _read_seconds(pool, buffers[0].reshape(-1), threads)
+        read_seconds(pool, buffers[0].reshape(-1), threads)
         for repetition in range(repetitions):
             x = buffers[repetition % 2]
             seconds, details = _rule_seconds(x, norm, groups, layout, output_format)
             rule.append(seconds)
-            read.append(_read_seconds(pool, x.reshape(-1), threads))
+            read.append(read_seconds(pool, x.reshape(-1), threads))
             default.append(_rule_seconds(x, norm, groups, layout, output_format,
                                          DEFAULT_ALGORITHM)[0])
             parts.append(_parts_seconds(x.reshape(view_shape), output_format))
         in_cache = _in_cache_rate(buffers[0], norm, groups, layout, repetitions)
     elements = buffers[0].size
-    rule_seconds, read_seconds = statistics.median(rule), statistics.median(read)
+    rule_seconds, read_median = statistics.median(rule), statistics.median(read)
     fast, certify, exact = (statistics.median(part) for part in list(zip(*parts))[:3])
     row = {"norm": norm, "layout": layout, "shape": "x".join(map(str, shape)),
            "threads": threads, "elements_per_s": elements / rule_seconds,
-           "read_elements_per_s": elements / read_seconds,
-           "share_of_read": read_seconds / rule_seconds,
+           "read_elements_per_s": elements / read_median,
+           "share_of_read": read_median / rule_seconds,
            "default_elements_per_s": elements / statistics.median(default),
            "exact_groups": details["exact_groups"],
            "groups": details["exact_groups"] + details["certified_groups"],
-           "fast_share_of_read": read_seconds / fast,
+           "fast_share_of_read": read_median / fast,
            "fast_in_cache_elements_per_s": in_cache,
            "certify_share_of_rule": certify / rule_seconds,
            "exact_share_of_rule": exact / rule_seconds,

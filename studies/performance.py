@@ -104,12 +104,17 @@ class ReadProbe:
         for _ in range(repetitions):
             buffer = self.buffers[self.turn % 2]
             self.turn += 1
-            bounds = [buffer.size * t // threads for t in range(threads + 1)]
-            start = time.perf_counter()
-            list(self.pool.map(lambda t: stream_read(buffer, bounds[t], bounds[t + 1]),
-                               range(threads)))
-            seconds.append(time.perf_counter() - start)
+            seconds.append(read_seconds(self.pool, buffer, threads))
         return buffer.nbytes / statistics.median(seconds) / 1e9
+
+
+def read_seconds(pool, flat, threads):
+    """Seconds of one streaming read of the flat float32 array ``flat``, cut into ``threads``
+    contiguous ranges read at once on ``pool``."""
+    bounds = [flat.size * t // threads for t in range(threads + 1)]
+    start = time.perf_counter()
+    list(pool.map(lambda t: stream_read(flat, bounds[t], bounds[t + 1]), range(threads)))
+    return time.perf_counter() - start
 
 
 # ---- the implementations ----------------------------------------------------------------------
