@@ -17,7 +17,19 @@ i.e. the rate of the kernels' arithmetic. Around the cell, the single-thread str
 rate in elements of the cell's input format per second (bytes per second / item size); the ratio
 in-cache rate / streaming read has the target ≥ 2: then a rule is memory-bound whatever state the
 machine's memory is in.
+
+The causes of the bandwidth misses need the arithmetic's rate at the cell's own geometry, which an
+L2-sized sample cannot keep for GroupNorm (its groups) and InstanceNorm channels last (its row of
+256 channels) (GEOMETRY_SUBSETS). For those the ``geometry`` slice times the same slope on batches
+1 and 3 of one sample of each bandwidth shape itself, float32 input, cut to fewer rows where three
+samples would not sit in the L3 (256x56x56 whole: 3.2 and 9.6 MB; 64x224x224 as 64x56x224): the
+channels, and so the channels-last rows, are the cell's, and GroupNorm's groups hold thousands of
+elements as there. Beside it the streaming read's slope on the same two tensors: where the read
+runs at least twice as fast, the L3 does not limit the rule's rate there, and the rate is its
+arithmetic at the cell's geometry (studies.performance.with_headroom).
 """
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -98,10 +110,7 @@ def measure(settings, seed):
     after = probe.measure(1)
     read = (before + after) / 2 * 1e9 / small.itemsize
     small_seconds, large_seconds = medians["small"], medians["large"]
-    # a slope is only measured when the large tensor took longer (not so on a busy machine
-    # when the sizes are tiny, as in the smoke profile)
-    in_cache = ((large.size - small.size) / (large_seconds - small_seconds)
-                if large_seconds > small_seconds else float("nan"))
+    in_cache = slope(small, large, small_seconds, large_seconds)
     return {"table": "performance_in_cache", "input_dtype": input_dtype, "acc_dtype": acc_dtype,
             "sample": "x".join(map(str, sample)),
             "small_bytes": small.nbytes, "large_bytes": large.nbytes,
@@ -109,6 +118,78 @@ def measure(settings, seed):
             "in_cache_elements_per_s": in_cache, "call_elements_per_s": large.size / large_seconds,
             "read_gb_per_s_before": before, "read_gb_per_s_after": after,
             "read_elements_per_s": read, "in_cache_ratio": in_cache / read}
+
+
+#: the (subset, layout) whose L2 sample cannot keep the cells' geometry: GroupNorm's groups of
+#: 25 088 elements, InstanceNorm's channels-last rows of 256 channels
+GEOMETRY_SUBSETS = (("group32", "NCHW"), ("group32", "NHWC"), ("instance", "NHWC"))
+#: the format pairs of the geometry slice: those of the bandwidth targets (float32 input)
+GEOMETRY_PRECISIONS = (("float32", "float32"), ("float32", "float64"))
+#: float32 bytes of the geometry slice's larger tensor (three samples) at most: well inside the
+#: 32 MiB L3 with the streaming read's copy of nothing (it reads the same tensors)
+GEOMETRY_BYTES = 12 * 2**20
+
+
+def geometry_sample(shape):
+    """(C, H, W) of one sample of the cell shape "NxCxHxW", its rows halved until three samples
+    fit in GEOMETRY_BYTES."""
+    _, channels, height, width = (int(size) for size in shape.split("x"))
+    while 3 * channels * height * width * 4 > GEOMETRY_BYTES and height % 2 == 0:
+        height //= 2
+    return channels, height, width
+
+
+def geometry_factors(profile, rules, shapes):
+    """The geometry slice's factors (with ``keeps_geometry``): every rule at GEOMETRY_SUBSETS and
+    each bandwidth shape's own sample, float32 input, one thread."""
+    smoke = profile == "smoke"
+    return {"algorithm": rules,
+            "subset": tuple(dict.fromkeys(subset for subset, _ in GEOMETRY_SUBSETS)),
+            "layout": tuple(dict.fromkeys(layout for _, layout in GEOMETRY_SUBSETS)),
+            "shape": shapes,
+            "formats": tuple(f"{inp}>{acc}" for inp, acc in (GEOMETRY_PRECISIONS[:1] if smoke
+                                                           else GEOMETRY_PRECISIONS)),
+            "seconds": (0.02 if smoke else 0.3,)}
+
+
+def keeps_geometry(settings):
+    return (settings["subset"], settings["layout"]) in GEOMETRY_SUBSETS
+
+
+def slope(small, large, small_seconds, large_seconds):
+    """Elements per second between two sizes; NaN unless the larger took longer (not so on a
+    busy machine when the sizes are tiny, as in the smoke profile)."""
+    if large_seconds <= small_seconds:
+        return float("nan")
+    return (large.size - small.size) / (large_seconds - small_seconds)
+
+
+def measure_geometry(settings, seed):
+    """One geometry row: the rule's slope between batches 1 and 3 of one sample of the cell's
+    shape, and the streaming read's slope on the same tensors, timed in turn."""
+    from studies import performance
+    input_dtype, acc_dtype = settings["formats"].split(">")
+    norm, groups = performance.subset_arguments(settings["subset"])
+    sample = geometry_sample(settings["shape"])
+    small, large = tensors(sample, settings["layout"], input_dtype, seed)
+    flat = {"small": small.reshape(-1), "large": large.reshape(-1)}
+    calls = {name: functools.partial(numerics.moments, x, norm, groups=groups,
+                                     layout=settings["layout"], algorithm=settings["algorithm"],
+                                     acc_dtype=acc_dtype)
+             for name, x in (("small", small), ("large", large))}
+    calls.update({f"read_{name}": functools.partial(performance.stream_read, values, 0,
+                                                    values.size)
+                  for name, values in flat.items()})
+    performance.set_threads(1)
+    medians, calls_timed = performance.interleaved_medians(calls, settings["seconds"])
+    rate = slope(small, large, medians["small"], medians["large"])
+    read = slope(small, large, medians["read_small"], medians["read_large"])
+    return {"table": "performance_geometry", "input_dtype": input_dtype, "acc_dtype": acc_dtype,
+            "sample": "x".join(map(str, sample)), "small_bytes": small.nbytes,
+            "large_bytes": large.nbytes, "calls": calls_timed,
+            "small_seconds": medians["small"], "large_seconds": medians["large"],
+            "geometry_elements_per_s": rate, "geometry_read_elements_per_s": read,
+            "geometry_read_ratio": read / rate}
 
 
 def section(frame):

@@ -21,8 +21,9 @@ normalized output: that is the price a user pays for PyTorch's statistics.
 
 In-cache rate (the ``in_cache`` slice, studies/in_cache_bench.py): every rule's elements per second
 on L2-resident tensors, one thread, as the slope between two sizes, against the single-thread
-streaming read measured around it; the gaps section uses it to give each missed cell a measured
-cause.
+streaming read measured around it; the ``geometry`` slice measures the same slope on one sample of
+each cell shape itself (L3-resident) where no L2 sample keeps the cells' geometry. The gaps
+section uses both to give each missed cell a measured cause.
 
 Latency (the ``latency`` slice): small and mid-sized tensors, where a call's fixed cost shows, are
 timed in cache on one tensor, numerics and the PyTorch calls in turn (``interleaved_medians``).
@@ -294,6 +295,8 @@ def cell(cell):
         return [correctly_rounded_row(cell.settings, cell.seed)]
     if cell.slice == "in_cache":
         return [in_cache_bench.measure(cell.settings, cell.seed)]
+    if cell.slice == "geometry":
+        return [in_cache_bench.measure_geometry(cell.settings, cell.seed)]
     return timing_cell(cell.settings, cell.seed)
 
 
@@ -527,27 +530,33 @@ TWO_PASS_RULES = ("two_pass", "corrected_two_pass")
 CAUSES = (
     ("not measured in cache",
      lambda cell: pd.isna(cell.headroom),
-     "the in-cache slice has no cell of this rule, subset, layout and formats in this run."),
-    ("undecided: faster than its in-cache rate",
+     "neither the in-cache nor the geometry slice has a measured slope for this rule, subset, "
+     "layout, formats and shape in this run."),
+    ("undecided: faster than in cache",
      lambda cell: cell.share_of_read > cell.headroom,
-     "the cell streamed its elements faster than the in-cache rate of the same rule, subset, "
-     "layout and formats allows (share of the read above the headroom): the in-cache sample "
-     "costs more per element than the cell (GroupNorm's groups hold 784 elements there, "
-     "thousands here; InstanceNorm channels last steps over 8 channels there, 256 here), or "
-     "the machine's state changed between the two; the in-cache rate is then no bound on this "
-     "cell and does not decide its cause."),
+     "the cell streamed its elements from memory faster than the same rule ran in cache (share "
+     "of the read above the headroom): the machine's state changed between the two measures, "
+     "which run minutes apart; the measure then does not decide this cell's cause."),
+    ("undecided: the L3 may limit the measure",
+     lambda cell: cell.headroom < in_cache_bench.TARGET_RATIO and cell.l3_read_ratio < 2,
+     "the headroom is under 2, but the streaming read of the same L3-resident tensors ran "
+     "less than twice as fast as the rule, so the rate measured at the cell's geometry may be "
+     "the L3's, not the arithmetic's: the measure does not show that the arithmetic limits the "
+     "cell."),
     ("arithmetic-bound (measured)",
      lambda cell: cell.headroom < in_cache_bench.TARGET_RATIO,
-     "the rule's arithmetic, measured in cache on the same rule, subset, layout and formats, "
-     "runs at less than twice the read rate measured around the cell (headroom = threads × "
-     "in-cache rate / read rate, elements per second), so the cell is limited by its arithmetic "
-     "whatever the loads do; below 1 no overlap of loads and arithmetic could reach the read. "
+     "the rule's arithmetic, measured in cache on the same rule, subset, layout and formats "
+     "(one thread; for GroupNorm and InstanceNorm channels last on one sample of the cell's own "
+     "shape from the L3, where the streaming read of the same tensors ran at least twice as "
+     "fast), runs at less than twice the read rate "
+     "measured around the cell (headroom = threads × that rate / read rate, elements per "
+     "second), so the cell is limited by its arithmetic whatever the loads do; below 1 no "
+     "overlap of loads and arithmetic could reach the read. "
      "What the arithmetic is per element: a vector add and multiply per push (naive, shifted), "
      "a correctly rounded divide (welford), a merge (parallel_merge), two passes (two_pass, "
      "corrected_two_pass); float64 accumulation holds 4 lanes per AVX2 register against 8 and "
      "converts every float32 element; each group ends with its lane tree, which weighs more the "
-     "smaller the group (the in-cache sample's GroupNorm groups are smaller than the cell's: for "
-     "those the headroom errs low)."),
+     "smaller the group."),
     ("two-pass, BatchNorm channels last: both passes from memory",
      lambda cell: cell.algorithm in TWO_PASS_RULES and cell.subset == "batch"
      and cell.layout == "NHWC",
@@ -572,29 +581,39 @@ CAUSES = (
 )
 
 
-def with_headroom(cells, in_cache):
-    """The cells with ``headroom``: threads × the in-cache elements per second of the same rule,
-    subset, layout and formats (one thread, same run) over the cell's read rate in elements of
-    its input format per second (the probes around it). NaN where the in-cache slice has none."""
+def with_headroom(cells, in_cache, geometry):
+    """The cells with ``headroom``: threads × the rule's elements per second in cache (one thread,
+    same run) over the cell's read rate in elements of its input format per second (the probes
+    around it). The rate is the geometry slice's, on one sample of the cell's shape, where it has
+    the cell (in_cache_bench.GEOMETRY_SUBSETS), else the in-cache slice's, of the same rule,
+    subset, layout and formats; ``l3_read_ratio``: the streaming read's rate on the geometry
+    sample over the rule's (NaN for the in-cache slice's rates). NaN where neither has a rate."""
     cells = cells.copy()
-    if in_cache is None or in_cache.empty:
-        cells["headroom"] = np.nan
-        return cells
     keys = ["algorithm", "subset", "layout", "input_dtype", "acc_dtype"]
-    rates = in_cache.groupby(keys)["in_cache_elements_per_s"].median().rename("in_cache_rate")
-    cells = cells.join(rates, on=keys)
+    cells["rate"] = cells["l3_read_ratio"] = np.nan
+    if in_cache is not None and not in_cache.empty:
+        rates = in_cache.groupby(keys)["in_cache_elements_per_s"].median().rename("l2_rate")
+        cells["rate"] = cells.join(rates, on=keys)["l2_rate"]
+    if geometry is not None and not geometry.empty:
+        keys = keys + ["shape"]
+        measured = geometry.groupby(keys)[["geometry_elements_per_s",
+                                           "geometry_read_ratio"]].median()
+        own = cells.join(measured, on=keys)
+        has_own = own.geometry_elements_per_s.notna()
+        cells.loc[has_own, "rate"] = own.geometry_elements_per_s[has_own]
+        cells["l3_read_ratio"] = own.geometry_read_ratio
     itemsize = cells.input_dtype.map(lambda name: precision.NUMPY_DTYPES[name].itemsize)
     read = (cells.read_gb_per_s_before + cells.read_gb_per_s_after) / 2 * 1e9 / itemsize
-    cells["headroom"] = cells.threads * cells.in_cache_rate / read
+    cells["headroom"] = cells.threads * cells.rate / read
     return cells
 
 
-def gaps_section(frame, in_cache):
+def gaps_section(frame, in_cache, geometry):
     cells = frame[(frame.kind == "numerics") & (frame.input_dtype == "float32")
                   & frame.threads.isin(TARGET_THREADS)]
     if cells.empty:
         return "No float32 cells measured."
-    cells = with_headroom(cells, in_cache)
+    cells = with_headroom(cells, in_cache, geometry)
     cells["target"] = cells.algorithm.map(TARGETS)
     misses = cells[cells.share_of_read < cells.target]
     slower = cells[~(cells.speedup_vs_fastest_peer > 1)]
@@ -602,8 +621,13 @@ def gaps_section(frame, in_cache):
              f"{' and '.join(map(str, sorted(cells.threads.unique())))} threads) reach their "
              f"share of the read bandwidth; {len(cells) - len(slower)} of {len(cells)} are "
              f"ahead of every peer. Each miss gets the first cause below that its measured "
-             f"headroom (threads × in-cache rate of the same rule, subset, layout and formats, "
-             f"over the cell's read rate; the in-cache table above) and what it is select."]
+             f"headroom and what it is select. The headroom is threads × the rule's rate in "
+             f"cache over the cell's read rate: the in-cache rate above of the same rule, "
+             f"subset, layout and formats, except for GroupNorm and InstanceNorm channels last, "
+             f"whose groups and rows no L2 sample keeps: for those, the rate on batches 1 and 3 "
+             f"of one sample of the cell's own shape, which sit in the L3 (one thread, the slope "
+             f"between the two, timed in turn with the streaming read of the same tensors; "
+             f"`data/performance_geometry.parquet`; method: studies/in_cache_bench.py)."]
     if not slower.empty:
         listed = ", ".join(f"{cell.algorithm} {cell.subset} {cell.layout} {cell['shape']} "
                            f"{cell.threads}t ({cell.speedup_vs_fastest_peer:.2f}×)"
@@ -733,6 +757,8 @@ def report_section(results):
   and after); `data/performance_latency.parquet` (the latency table),
   `data/performance_correctly_rounded.parquet` (the correctly rounded rule),
   `data/performance_in_cache.parquet` (in-cache rates and the streaming read around each),
+  `data/performance_geometry.parquet` (GroupNorm's and InstanceNorm channels last's rates on one
+  sample of each cell shape),
   `data/performance_first_call.parquet`, `data/performance_reference.parquet`
 
 ## Targets
@@ -751,7 +777,7 @@ cell.
 
 ## Where the targets are missed, and why
 
-{gaps_section(frame, in_cache)}
+{gaps_section(frame, in_cache, results.tables.get("performance_geometry"))}
 
 ## Peers
 
@@ -817,10 +843,13 @@ def grid(profile):
         keep=lambda settings: (settings["subset"], tuple(
             int(size) for size in settings["shape"].split("x"))) in cases)
     in_cache = engine.Slice("in_cache", in_cache_bench.factors(profile, rules))
+    geometry = engine.Slice("geometry", in_cache_bench.geometry_factors(
+        profile, rules, tuple("x".join(map(str, shape)) for shape in shapes)),
+        keep=in_cache_bench.keeps_geometry)
     correctly_rounded = engine.Slice("correctly_rounded", {
         "case": tuple(correctly_rounded_cases(profile)), "profile": (profile,),
         "threads": threads, "repetitions": (2 if smoke else 5,)})
-    return (timings, in_cache, latency, correctly_rounded,
+    return (timings, in_cache, geometry, latency, correctly_rounded,
             engine.Slice("first_call", {"process": ("fresh",)}),
             engine.Slice("reference", {"elements": (200_000 if smoke else 10_000_000,),
                                        "repetitions": (2 if smoke else 3,)}))
@@ -832,7 +861,9 @@ TIMING_COLUMNS = ("median_seconds", "seconds", "gb_per_s", "read_gb_per_s_before
                   "elements_per_second", "calls", "numerics_us", "torch_layer_us",
                   "torch_var_mean_us", "ratio_to_layer", "elements_per_s", "read_elements_per_s",
                   "default_elements_per_s", "small_seconds", "large_seconds",
-                  "in_cache_elements_per_s", "call_elements_per_s", "in_cache_ratio")
+                  "in_cache_elements_per_s", "call_elements_per_s", "in_cache_ratio",
+                  "geometry_elements_per_s", "geometry_read_elements_per_s",
+                  "geometry_read_ratio")
 STUDY = engine.Study("performance", "Performance of the CPU kernels", grid, cell, report_section,
                      seed_factors=("shape",), timing_columns=TIMING_COLUMNS, serial=True,
                      derive=with_peer_ratios)

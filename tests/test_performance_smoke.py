@@ -49,6 +49,12 @@ def test_smoke_bench_writes_the_report(tmp_path):
     assert (in_cache.large_bytes <= 512 * 1024).all()  # the L2 of one core holds the tensor
     assert (in_cache[["read_elements_per_s", "small_seconds", "large_seconds"]] > 0).all().all()
     assert (in_cache["calls"] >= 5).all()
+    geometry = pd.read_parquet(tmp_path / "data" / "performance_geometry.parquet")
+    assert set(geometry.algorithm) == rules and set(geometry["shape"]) == set(frame["shape"])
+    assert len(geometry) == len(rules) * 3 * frame["shape"].nunique()  # GEOMETRY_SUBSETS
+    assert (geometry.large_bytes == 3 * geometry.small_bytes).all()
+    assert (geometry[["small_seconds", "large_seconds"]] > 0).all().all()
+    assert "Each miss gets the first cause below" in text
     for name in ("performance_first_call", "performance_reference"):
         assert len(pd.read_parquet(tmp_path / "data" / f"{name}.parquet")) == 1
 
@@ -66,3 +72,38 @@ def test_a_latency_miss_is_named_by_the_part_that_exceeds_pytorch():
     assert latency_cause(cell(150, 75, 100)) == "both"
     assert floor_shape("group32", (8, 2048, 7, 7)) == (1, 32, 1, 1)
     assert floor_shape("layer", (8, 768)) == (1, 1)
+
+
+def test_a_bandwidth_miss_is_named_by_its_measured_headroom():
+    """headroom = threads × the rule's rate in cache / the cell's read rate, the rate from one
+    sample of the cell's own shape for GroupNorm and InstanceNorm channels last, from the L2
+    sample otherwise; a miss is arithmetic-bound below 2, undecided when the cell beat its own
+    headroom or when the L3 read of the sample was not twice the rule's rate, and a memory
+    matter above 2."""
+    from studies.performance import gaps_section
+
+    def cell(algorithm, subset, share, rate, read_ratio):
+        settings = {"algorithm": algorithm, "subset": subset, "layout": "NCHW",
+                    "input_dtype": "float32", "acc_dtype": "float32"}
+        timing = {**settings, "shape": "4x64x16x16", "kind": "numerics", "threads": 2,
+                  "share_of_read": share, "speedup_vs_fastest_peer": 3.0,
+                  "read_gb_per_s_before": 8.0, "read_gb_per_s_after": 8.0}
+        # the L2 sample of every cell runs at 1e9 elements/s: headroom 1.0 where it decides
+        in_cache = {**settings, "in_cache_elements_per_s": 1e9}
+        geometry = (None if subset != "group32" else
+                    {**settings, "shape": "4x64x16x16", "geometry_elements_per_s": rate,
+                     "geometry_read_ratio": read_ratio})
+        return timing, in_cache, geometry
+    # the read: 8 GB/s = 2e9 float32 elements/s, so headroom = 2 × rate / 2e9 = rate / 1e9
+    cells = [cell("naive", "group32", 0.5, 0.9e9, 5.0), cell("shifted", "group32", 0.6, 0.3e9, 5.0),
+             cell("welford", "group32", 0.4, 1.5e9, 1.5),
+             cell("parallel_merge", "group32", 0.7, 3.0e9, 5.0),
+             cell("two_pass", "layer", 0.2, None, None)]
+    frame, in_cache, geometry = (pd.DataFrame([row for row in column if row is not None])
+                                 for column in zip(*cells))
+    text = gaps_section(frame, in_cache, geometry)
+    assert "0 of 5 target cells" in text
+    assert "**arithmetic-bound (measured)** (2 cells; headroom 0.9 to 1.0;" in text
+    assert "**undecided: faster than in cache** (1 cell; headroom 0.3;" in text
+    assert "**undecided: the L3 may limit the measure** (1 cell; headroom 1.5;" in text
+    assert "**the reading of memory (per-block work, prefetch)** (1 cell; headroom 3.0;" in text
