@@ -51,6 +51,23 @@ def test_gpu_negative_variance_gives_nan_like_the_cpu():
     assert_bitwise_equal(on_gpu[finite], on_cpu[finite])
 
 
+@requires_kernels
+@pytest.mark.parametrize("input_format, acc_format, norm, layout, groups",
+                         [("float32", "float32", "layer", "NCHW", None),
+                          ("bfloat16", "float16", "group", "NHWC", 2)])
+def test_correctly_rounded_statistics_normalize_on_the_gpu_as_on_the_cpu(input_format, acc_format,
+                                                                          norm, layout, groups):
+    """The correctly rounded rule's GPU statistics (numerics.gpu_correctly_rounded) feed the
+    elementwise kernel as the CPU's feed numpy: the same bits."""
+    x = data.generate((3, 4, 5, 4), input_format, "normal", mean=3.0, std=2.0, seed=12)
+    arguments = dict(groups=groups, layout=layout, eps=1e-3, acc_dtype=acc_format,
+                     algorithm="correctly_rounded")
+    on_cpu = normalize(x, norm, **arguments)
+    on_gpu = normalize(x, norm, device="cuda", threads_per_block=32, **arguments)
+    assert on_gpu.dtype == on_cpu.dtype
+    assert_bitwise_equal(on_gpu, on_cpu)
+
+
 COMPILE = """
 import re
 from numerics import gpu_compile, gpu_normalize
