@@ -615,22 +615,11 @@ CAPTIONS = {
 }
 
 
-def report_section(results):
-    frame, constant = results.tables["accuracy"], results.tables["accuracy_constant"]
-    figure = {"accuracy_error_vs_kappa": figure_error_vs_kappa(frame),
-              "accuracy_topologies": figure_topologies(frame),
-              "accuracy_group_size": figure_group_size(frame),
-              "accuracy_constant_groups": figure_constant_groups(constant)}
-    figure = {name: results.figure(name, drawing, CAPTIONS[name])
-              for name, drawing in figure.items()}
-    sweep = [part for part in results.slices if part.name != "constant"]
-    lre_table = lre_by_condition(frame)
-    headline = headline_table(frame)
-    one_decimal = {column: (lambda value: "–" if pd.isna(value) else f"{value:.1f}")
-                   for column in (*lre_table.columns[2:], *headline.columns[1:])}
+def method_text(frame, constant, sweep):
+    """The report's opening: what every cell measures, the columns of the data, and the grid."""
     grid = "\n".join(f"- {describe(part)}" for part in sweep)
     constants = ", ".join(f"{value:g}" for value in CONSTANTS)
-    body = f"""Every cell runs `numerics.moments` and compares each group's variance with the exact
+    return f"""Every cell runs `numerics.moments` and compares each group's variance with the exact
 variance of the stored values (`numerics.reference`). Columns of `data/accuracy.parquet`: the
 cell's factors, the measured κ of the stored data, and per cell the worst and median group's
 relative error, the worst in units of u of the accumulator, the worst LRE (digits, capped at
@@ -645,7 +634,20 @@ and ddof) in {len(sweep)} slices, plus {len(constant)} constant-group rows:
 
 {grid}
 - **constant** ({len(constant)} rows): groups of one repeated value ({constants}), every rule,
-  topology and precision, with and without clamp (`data/accuracy_constant.parquet`).
+  topology and precision, with and without clamp (`data/accuracy_constant.parquet`)."""
+
+
+def report_section(results):
+    frame, constant = results.tables["accuracy"], results.tables["accuracy_constant"]
+    figure = {"accuracy_error_vs_kappa": figure_error_vs_kappa(frame),
+              "accuracy_topologies": figure_topologies(frame),
+              "accuracy_group_size": figure_group_size(frame),
+              "accuracy_constant_groups": figure_constant_groups(constant)}
+    figure = {name: results.figure(name, drawing, CAPTIONS[name])
+              for name, drawing in figure.items()}
+    sweep = [part for part in results.slices if part.name != "constant"]
+    headline = headline_table(frame)
+    body = f"""{method_text(frame, constant, sweep)}
 
 ### Findings (this run)
 
@@ -654,16 +656,29 @@ and ddof) in {len(sweep)} slices, plus {len(constant)} constant-group rows:
 Correct digits (worst-group LRE) at the anchor condition, |mean|/std = {HEADLINE:g}
 (κ ≈ {HEADLINE:g}), float32 data and accumulator, GroupNorm G=8, normal data, by order:
 
-{results.table(headline, one_decimal)}
+{results.table(headline, one_decimal(headline.columns[1:]))}
 
-### Error against κ
+{detail_text(results, frame, constant, figure)}
+"""
+    return results.section(body)
+
+
+def one_decimal(columns):
+    return {column: (lambda value: "–" if pd.isna(value) else f"{value:.1f}") for column in columns}
+
+
+def detail_text(results, frame, constant, figure):
+    """The report's sections after the findings: error against κ, topology, group size, subsets,
+    distributions, ddof, the bounds, constant groups."""
+    lre_table = lre_by_condition(frame)
+    return f"""### Error against κ
 
 {figure['accuracy_error_vs_kappa']}
 
 Worst-group LRE (correct significant digits) by |mean|/std, GroupNorm G=8, normal data, default
 order ({numerics.DEFAULT_TOPOLOGY}); "–": every group of the stored data is constant:
 
-{results.table(lre_table, one_decimal)}
+{results.table(lre_table, one_decimal(lre_table.columns[2:]))}
 
 ### Topology
 
@@ -712,9 +727,7 @@ leading-order terms without constants, so ratios of a few are not violations of 
 Counts over all constants and topologies (GroupNorm G=8). "NaN rstd": groups where a layer's
 1/sqrt(var + {LAYER_EPS:g}) would be NaN (var < −eps, or a non-finite var):
 
-{results.table(constant_table(constant))}
-"""
-    return results.section(body)
+{results.table(constant_table(constant))}"""
 
 
 STUDY = engine.Study("accuracy", TITLE, grid, cell, report_section, seed_key=seed_key,

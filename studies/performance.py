@@ -721,17 +721,19 @@ def latency_section(frame):
     return "\n".join(lines)
 
 
-def report_section(results):
-    frame = results.tables["performance"]
-    in_cache = results.tables.get("performance_in_cache")
-    topology = numerics.TOPOLOGIES[numerics.DEFAULT_TOPOLOGY]
-    read_lines = []
+def read_line(frame):
+    """The read probes' medians and ranges, per thread count."""
+    lines = []
     for threads, values in frame.groupby("threads"):
         probes = pd.concat([values.read_gb_per_s_before, values.read_gb_per_s_after])
-        read_lines.append(f"{threads} thread{'s' if threads > 1 else ''}: median "
-                          f"{probes.median():.1f} GB/s (range {probes.min():.1f} to "
-                          f"{probes.max():.1f})")
-    read_lines = "; ".join(read_lines)
+        lines.append(f"{threads} thread{'s' if threads > 1 else ''}: median "
+                     f"{probes.median():.1f} GB/s (range {probes.min():.1f} to "
+                     f"{probes.max():.1f})")
+    return "; ".join(lines)
+
+
+def first_call_and_reference_lines(results):
+    """The lines of the first call in a fresh process and of the exact reference's throughput."""
     latency = results.tables["performance_first_call"].iloc[0]
     latency_line = (f"not measured ({latency['error']})" if latency["error"] else
                     f"{latency['first_call_seconds']:.2f} s for the first `numerics.moments` call "
@@ -743,13 +745,20 @@ def report_section(results):
     reference_line = (f"{reference['elements_per_second'] / 1e6:.1f} M float32 elements/s on one "
                       f"core ({reference['elements']:,} elements, median of "
                       f"{len(reference['seconds'])}; target ≥ 100 M/s)")
-    targets = target_sections(frame)
+    return latency_line, reference_line
+
+
+def report_section(results):
+    frame = results.tables["performance"]
+    in_cache = results.tables.get("performance_in_cache")
+    topology = numerics.TOPOLOGIES[numerics.DEFAULT_TOPOLOGY]
+    latency_line, reference_line = first_call_and_reference_lines(results)
     peer_names = ", ".join(item.name for item in peers())
     body = f"""- numba threads used: {sorted(frame.threads.unique().tolist())}, torch threads set to
   the same, numpy single-threaded; peers (numerics.implementations): {peer_names}
 - numerics topology for every rule: "{numerics.DEFAULT_TOPOLOGY}" = {topology.lanes} lanes,
   blocks of {topology.block} elements
-- Read bandwidth (streaming-read probe around every cell): {read_lines}. On a quiet machine the
+- Read bandwidth (streaming-read probe around every cell): {read_line(frame)}. On a quiet machine the
   probe reads about 40 GB/s with one thread and 79 GB/s with two (docs/architecture.md section 9); other
   jobs share this machine, so compare shares, not GB/s, between runs
 - Data: `data/performance.parquet`, one row per timed cell (median of
@@ -769,7 +778,7 @@ every cell ahead of numpy and PyTorch; and every rule's in-cache rate ≥ 2× th
 streaming read (next section). Shares are of the probe's bandwidth measured around the same
 cell.
 
-{targets}
+{target_sections(frame)}
 
 ## In-cache throughput against the streaming read (issue 12)
 
