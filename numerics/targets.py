@@ -64,11 +64,18 @@ def compute_type_of(acc_format):
 @dataclass(frozen=True)
 class CpuContext:
     """What a CPU kernel is specialised for: passed as an argument, its numba type (CpuContextType)
-    carries every field."""
+    carries every field. Each instance carries that type as ``_numba_type_``, the attribute numba's
+    dispatcher reads first when it types an argument: without it every kernel call would type the
+    context by calling ``typeof`` in Python, several microseconds apiece (docs/architecture.md
+    2.8)."""
     family: str
     input_format: str
     acc_format: str
     vectorized: bool
+
+    def __post_init__(self):
+        object.__setattr__(self, "_numba_type_", CpuContextType(
+            self.family, self.input_format, self.acc_format, self.vectorized))
 
 
 class CpuContextType(types.Type):
@@ -84,8 +91,12 @@ class CpuContextType(types.Type):
 @dataclass(frozen=True)
 class Mode:
     """What a pass of the CPU unit kernels computes (a compile-time choice, so that each
-    specialization streams with one loop; numerics.cpu)."""
+    specialization streams with one loop; numerics.cpu); it carries its numba type as CpuContext
+    does."""
     name: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "_numba_type_", ModeType(self.name))
 
 
 class ModeType(types.Type):
@@ -95,14 +106,9 @@ class ModeType(types.Type):
 
 
 @typeof_impl.register(CpuContext)
-def _typeof_cpu_context(context, _):
-    return CpuContextType(context.family, context.input_format, context.acc_format,
-                          context.vectorized)
-
-
 @typeof_impl.register(Mode)
-def _typeof_mode(mode, _):
-    return ModeType(mode.name)
+def _typeof_marker(marker, _):
+    return marker._numba_type_
 
 
 # markers carry nothing at run time: an opaque pointer, always null

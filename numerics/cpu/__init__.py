@@ -27,7 +27,7 @@ right after pass 1, from cache where it fits.
 A call's fixed cost is kept small for small tensors: what the view, rule, topology and formats
 decide is computed once (``Geometry``), each call borrows the work arrays a finished call gave
 back, a tensor under THREADED_BYTES runs on the calling thread alone, and the contexts and modes
-carry their numba types (``with_numba_type``), so a kernel call types its arguments in C.
+carry their numba types (numerics.targets), so a kernel call types its arguments in C.
 """
 import functools
 import threading
@@ -52,17 +52,9 @@ KEPT_STATE_BYTES = 1 << 18
 KEPT_WORK = 4
 
 
-def with_numba_type(marker):
-    """``marker`` (a context or a mode) carrying its numba type as ``_numba_type_``, the attribute
-    numba's dispatcher reads first when it types an argument: without it every kernel call types
-    each marker by calling ``typeof`` in Python, several microseconds apiece."""
-    object.__setattr__(marker, "_numba_type_", numba.typeof(marker))
-    return marker
-
-
 @functools.lru_cache(maxsize=None)
 def context(family, input_format, acc_format, vectorized):
-    return with_numba_type(CpuContext(family, input_format, acc_format, vectorized))
+    return CpuContext(family, input_format, acc_format, vectorized)
 
 
 _POOL, _POOL_WORKERS = None, 0
@@ -226,8 +218,7 @@ class CpuTarget:
 
 
 #: the CPU's compile-time mode of each pass of the plan
-MODES = {plan.PASS_ONE: with_numba_type(FIRST_ONLY), plan.CENTERED: with_numba_type(CENTERED),
-         plan.ZERO_CENTER: with_numba_type(ZERO_CENTER)}
+MODES = {plan.PASS_ONE: FIRST_ONLY, plan.CENTERED: CENTERED, plan.ZERO_CENTER: ZERO_CENTER}
 
 
 def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
