@@ -247,8 +247,10 @@ def _columns_partials(x4, shifts, lo, hi, scratch, first_sums, second_sums):
         for block in range(count):
             _column_block_sums(x4, shifts, outer, first_row + block * COLUMN_BLOCK, scratch[block])
         totals = _pairwise_tree(scratch[:count])
-        first_sums[part, outer * kept_inner:(outer + 1) * kept_inner] = totals[0]
-        second_sums[part, outer * kept_inner:(outer + 1) * kept_inner] = totals[1]
+        # loops, not array assignments (docs/architecture.md section 2.7)
+        for inner in range(kept_inner):
+            first_sums[part, outer * kept_inner + inner] = totals[0, inner]
+            second_sums[part, outer * kept_inner + inner] = totals[1, inner]
 
 
 @cache.cached(nogil=True)
@@ -270,7 +272,8 @@ def _pairwise_tree(partials):
             for column in range(rows.shape[1]):
                 rows[index, column] = rows[2 * index, column] + rows[2 * index + 1, column]
         if width % 2:
-            rows[half, :] = rows[width - 1, :]
+            for column in range(rows.shape[1]):
+                rows[half, column] = rows[width - 1, column]
         width -= half
     return partials[0]
 
