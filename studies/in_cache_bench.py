@@ -90,23 +90,31 @@ def tensors(sample, layout, input_dtype, seed):
     return large[:BATCHES[0]], large
 
 
+def sample_calls(settings, sample, seed):
+    """The cell's tensors (batches 1 and 3 of ``sample``) and its rule's call on each, by name
+    ("small", "large"), with the accumulator format of the cell's format pair."""
+    from studies import performance
+    input_dtype, acc_dtype = settings["formats"].split(">")
+    norm, groups = performance.subset_arguments(settings["subset"])
+    small, large = tensors(sample, settings["layout"], input_dtype, seed)
+    calls = {name: functools.partial(numerics.moments, x, norm, groups=groups,
+                                     layout=settings["layout"], algorithm=settings["algorithm"],
+                                     acc_dtype=acc_dtype)
+             for name, x in (("small", small), ("large", large))}
+    return small, large, calls
+
+
 def measure(settings, seed):
     """One in-cache row: the two sizes' median seconds, the marginal elements per second, the
     streaming read around it and their ratio."""
     from studies import performance
-    from studies.performance import interleaved_medians
     input_dtype, acc_dtype = settings["formats"].split(">")
-    norm, groups = performance.subset_arguments(settings["subset"])
     sample = sample_shape(settings["subset"], settings["layout"], settings["profile"])
-    small, large = tensors(sample, settings["layout"], input_dtype, seed)
-    calls = [lambda x=x: numerics.moments(x, norm, groups=groups, layout=settings["layout"],
-                                          algorithm=settings["algorithm"], acc_dtype=acc_dtype)
-             for x in (small, large)]
+    small, large, calls = sample_calls(settings, sample, seed)
     probe = performance.read_probe(settings["probe_bytes"], seed)
     performance.set_threads(1)
     before = probe.measure(1)
-    medians, calls_timed = interleaved_medians({"small": calls[0], "large": calls[1]},
-                                                settings["seconds"])
+    medians, calls_timed = performance.interleaved_medians(calls, settings["seconds"])
     after = probe.measure(1)
     read = (before + after) / 2 * 1e9 / small.itemsize
     small_seconds, large_seconds = medians["small"], medians["large"]
@@ -126,7 +134,7 @@ GEOMETRY_SUBSETS = (("group32", "NCHW"), ("group32", "NHWC"), ("instance", "NHWC
 #: the format pairs of the geometry slice: those of the bandwidth targets (float32 input)
 GEOMETRY_PRECISIONS = (("float32", "float32"), ("float32", "float64"))
 #: float32 bytes of the geometry slice's larger tensor (three samples) at most: well inside the
-#: 32 MiB L3 with the streaming read's copy of nothing (it reads the same tensors)
+#: 32 MiB L3 (the streaming read beside it reads the same tensors, no copy)
 GEOMETRY_BYTES = 12 * 2**20
 
 
@@ -169,14 +177,9 @@ def measure_geometry(settings, seed):
     shape, and the streaming read's slope on the same tensors, timed in turn."""
     from studies import performance
     input_dtype, acc_dtype = settings["formats"].split(">")
-    norm, groups = performance.subset_arguments(settings["subset"])
     sample = geometry_sample(settings["shape"])
-    small, large = tensors(sample, settings["layout"], input_dtype, seed)
+    small, large, calls = sample_calls(settings, sample, seed)
     flat = {"small": small.reshape(-1), "large": large.reshape(-1)}
-    calls = {name: functools.partial(numerics.moments, x, norm, groups=groups,
-                                     layout=settings["layout"], algorithm=settings["algorithm"],
-                                     acc_dtype=acc_dtype)
-             for name, x in (("small", small), ("large", large))}
     calls.update({f"read_{name}": functools.partial(performance.stream_read, values, 0,
                                                     values.size)
                   for name, values in flat.items()})
