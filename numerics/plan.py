@@ -9,7 +9,9 @@ implements the same small interface over every group of a canonical view at once
   each group's first element; the others subtract nothing, or the pass-one mean);
 - ``reduce(mode, centers)``: one pass over the data into one state per unit (numerics.topology:
   the lanes of a block merged, the blocks of a group not yet), in ``mode``: PASS_ONE (zero
-  centers; only the count and the first sum matter), CENTERED or ZERO_CENTER (the naive rule);
+  centers, the centered sums; only the count and the first sum matter) or CENTERED (the rule's
+  own push around the centers; zero centers for the naive rule, since ``x - 0`` is exactly
+  ``x``);
 - ``both_passes(centers)``: both passes of the two-pass rules fused, or None where the target
   does not fuse them;
 - ``pass_one_means(centers)``: each group's units merged by the block tree and the mean of pass
@@ -27,7 +29,7 @@ from . import algorithms
 SEGMENTS, ROWS = "segments", "rows"
 
 #: the modes of a pass (see ``reduce`` above)
-PASS_ONE, CENTERED, ZERO_CENTER = "pass_one", "centered", "zero_center"
+PASS_ONE, CENTERED = "pass_one", "centered"
 
 
 def kernel_for(view, topology):
@@ -54,5 +56,5 @@ def run(rule, target, ddof):
         else:
             centers = fused
     else:
-        target.reduce(ZERO_CENTER if rule.code == algorithms.NAIVE else CENTERED, centers)
+        target.reduce(CENTERED, centers)
     return target.finalize(rule.code, centers, ddof)

@@ -88,37 +88,17 @@ class CpuContextType(types.Type):
         super().__init__(name=f"CpuContext({family}, {input_format}, {acc_format}, {path})")
 
 
-@dataclass(frozen=True)
-class Mode:
-    """What a pass of the CPU unit kernels computes (a compile-time choice, so that each
-    specialization streams with one loop; numerics.cpu); it carries its numba type as CpuContext
-    does."""
-    name: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "_numba_type_", ModeType(self.name))
-
-
-class ModeType(types.Type):
-    def __init__(self, name):
-        self.mode = name
-        super().__init__(name=f"Mode({name})")
-
-
 @typeof_impl.register(CpuContext)
-@typeof_impl.register(Mode)
-def _typeof_marker(marker, _):
-    return marker._numba_type_
+def _typeof_context(context, _):
+    return context._numba_type_
 
 
-# markers carry nothing at run time: an opaque pointer, always null
+# a context carries nothing at run time: an opaque pointer, always null
 register_model(CpuContextType)(models.OpaqueModel)
-register_model(ModeType)(models.OpaqueModel)
 
 
 @unbox(CpuContextType)
-@unbox(ModeType)
-def _unbox_marker(typ, obj, c):
+def _unbox_context(typ, obj, c):
     return NativeValue(cgutils.get_null_value(c.context.get_value_type(typ)))
 
 

@@ -125,12 +125,12 @@ def test_repeated_calls_share_one_run_record():
                                                                   ("fused_two_pass", False))
 
 
-def test_kernel_calls_type_the_markers_from_their_numba_type(monkeypatch):
-    """The contexts and modes carry ``_numba_type_`` (numerics.targets), which numba's dispatcher
-    reads instead of typing the argument in Python (docs/architecture.md 2.8, not a documented
-    numba API): a later numba that stops reading it fails here, not silently in the latency."""
+def test_kernel_calls_type_the_context_from_its_numba_type(monkeypatch):
+    """A CpuContext carries ``_numba_type_`` (numerics.targets), which numba's dispatcher reads
+    instead of typing the argument in Python (docs/architecture.md 2.8, not a documented numba
+    API): a later numba that stops reading it fails here, not silently in the latency."""
     from numba.extending import typeof_impl
-    from numerics.targets import CpuContext, Mode
+    from numerics.targets import CpuContext
 
     x = inputs((8, 768), 1)[0]
     for algorithm in ("welford", "two_pass"):  # compiled (or loaded) before counting
@@ -138,18 +138,16 @@ def test_kernel_calls_type_the_markers_from_their_numba_type(monkeypatch):
     typed = []
     original = typeof_impl.dispatch(CpuContext)
 
-    def counting(marker, context):
-        typed.append(marker)
-        return original(marker, context)
-    for marker_class in (CpuContext, Mode):
-        typeof_impl.register(marker_class)(counting)
+    def counting(context, typing_context):
+        typed.append(context)
+        return original(context, typing_context)
+    typeof_impl.register(CpuContext)(counting)
     try:
-        numba.typeof(Mode("centered"))
+        numba.typeof(CpuContext("welford_updates", "float32", "float32", True))
         assert len(typed) == 1  # the counting implementation is the one typeof finds
         for _ in range(3):
             numerics.moments(x, "layer")
             numerics.moments(x, "layer", algorithm="two_pass")
         assert len(typed) == 1, typed
     finally:
-        for marker_class in (CpuContext, Mode):
-            typeof_impl.register(marker_class)(original)
+        typeof_impl.register(CpuContext)(original)

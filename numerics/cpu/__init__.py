@@ -17,8 +17,9 @@ which are emulated with a rounding after each operation, and topologies with few
 vector) runs the same skeleton one lane at a time.
 
 Every kernel is a module-level function whose first argument, a targets.CpuContext, names its
-specialization (rule family, formats, vector or scalar path), and whose ``mode`` (streaming.py) is
-a compile-time type too: numba compiles and caches one version per specialization.
+specialization (rule family, formats, vector or scalar path): numba compiles and caches one version
+per specialization. Every pass of the plan runs the same unit kernel, centered on the centers the
+plan gives (zeros for the naive rule and pass one: streaming.py).
 
 The two-pass rules fuse their passes per owner (a group for segments, a ``kept_outer`` slice for
 rows) when there are enough owners to share among the threads: pass 2 re-reads the owner's data
@@ -41,7 +42,6 @@ from ..plan import ROWS, SEGMENTS, kernel_for
 from ..targets import CpuContext
 from . import finish, rows, segments
 from .scratch import is_simd, new_scratch
-from .streaming import CENTERED, FIRST_ONLY, ZERO_CENTER
 
 #: below this many input bytes, one thread does the whole call (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
@@ -184,9 +184,11 @@ class CpuTarget:
         return centers
 
     def reduce(self, mode, centers):
-        geometry, mode = self.geometry, MODES[mode]
-        ran = run_split(geometry.units_kernel, (geometry.ctx, mode) + self.data_key,
-                        geometry.units, (geometry.ctx, mode, self.data, centers, *geometry.shape),
+        """One pass, whatever the plan's ``mode``: the two-pass rules' context is already the
+        centered sums', and pass one's centers are zeros."""
+        geometry = self.geometry
+        ran = run_split(geometry.units_kernel, (geometry.ctx,) + self.data_key, geometry.units,
+                        (geometry.ctx, self.data, centers, *geometry.shape),
                         self.scratches[:self.threads], self.states)
         self.ran = max(self.ran, ran)
 
@@ -197,8 +199,8 @@ class CpuTarget:
         if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
             return None
         self.ran = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key, owners,
-                             (geometry.ctx, FIRST_ONLY, CENTERED, self.data, centers,
-                              *geometry.shape), self.scratches[:threads], self.states)
+                             (geometry.ctx, self.data, centers, *geometry.shape),
+                             self.scratches[:threads], self.states)
         self.fused = True
         return centers
 
@@ -215,10 +217,6 @@ class CpuTarget:
         cache.call(finish.finalize_all, (geometry.serial_ctx,), geometry.serial_ctx, algorithm,
                    geometry.blocks, *self.states, centers, means, variances, ddof)
         return means, variances
-
-
-#: the CPU's compile-time mode of each pass of the plan
-MODES = {plan.PASS_ONE: FIRST_ONLY, plan.CENTERED: CENTERED, plan.ZERO_CENTER: ZERO_CENTER}
 
 
 def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):

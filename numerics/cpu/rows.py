@@ -14,7 +14,7 @@ from .. import algorithms, cache, simd
 from ..targets import INTERNAL
 from ..topology import merge_blocks
 from .scratch import vectors_in_flight, width_of
-from .streaming import merge_batch, push_in_mode, stream_vectors
+from .streaming import merge_batch, stream_vectors
 
 #: rows of one lane row per slab. Each column tile re-reads them from L1; they lie
 #: lane_rows * row bytes apart, often a multiple of 4 KiB, which maps them all to the same L1
@@ -23,40 +23,35 @@ SLAB_ROWS_PER_LANE = 8
 
 
 @numba.njit(**INTERNAL)
-def stream_rows_scalar(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, column_lo, row_centers,
-                       counts, firsts, seconds):
+def stream_rows_scalar(ctx, x2, row_lo, rows_per_lane, lane_rows, column_lo, row_centers, counts,
+                       firsts, seconds):
     """Columns column_lo.. of the slab's lane rows, one element at a time."""
     for r in range(lane_rows):
         count = counts[r]
         for k in range(rows_per_lane[r]):
             p = row_lo + r + k * lane_rows
             for m in range(column_lo, x2.shape[1]):
-                firsts[r, m], seconds[r, m] = push_in_mode(ctx, mode, count + k, row_centers[m],
-                                                           firsts[r, m], seconds[r, m],
-                                                           ctx.load(x2[p, m]))
+                _, firsts[r, m], seconds[r, m] = ctx.push(count + k, row_centers[m], firsts[r, m],
+                                                          seconds[r, m], ctx.load(x2[p, m]))
 
 
-def stream_rows(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts,
-                seconds):
+def stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
     """The rows of one slab from ``row_lo`` into the lane rows' states (row r of the lane rows
     takes rows row_lo + r, row_lo + r + lane_rows, ...: ``rows_per_lane[r]`` of them)."""
     raise NotImplementedError("stream_rows runs in compiled code only")
 
 
 @overload(stream_rows, jit_options=INTERNAL)
-def _stream_rows(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts,
-                 seconds):
+def _stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
     if not ctx.vectorized:
-        def run(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts,
-                seconds):
-            stream_rows_scalar(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, 0, row_centers,
-                               counts, firsts, seconds)
+        def run(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
+            stream_rows_scalar(ctx, x2, row_lo, rows_per_lane, lane_rows, 0, row_centers, counts,
+                               firsts, seconds)
         return run
     in_flight = vectors_in_flight(ctx.acc_format)
     width = width_of(ctx)
 
-    def run(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts,
-            seconds):
+    def run(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
         # lane row by lane row; a tile of in-flight column vectors keeps its states in registers
         # over all the lane row's rows of the slab, then single vectors, then single columns
         columns = x2.shape[1]
@@ -66,12 +61,12 @@ def _stream_rows(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, row_centers, c
         for r in range(lane_rows):
             start, stride = (row_lo + r) * columns, lane_rows * columns
             for c0 in range(0, tiled, tile_columns):
-                stream_vectors(ctx, mode, in_flight, x2, start + c0, stride, rows_per_lane[r],
-                               counts[r], row_centers, firsts[r], seconds[r], c0)
+                stream_vectors(ctx, in_flight, x2, start + c0, stride, rows_per_lane[r], counts[r],
+                               row_centers, firsts[r], seconds[r], c0)
             for c0 in range(tiled, vectorized_columns, width):
-                stream_vectors(ctx, mode, 1, x2, start + c0, stride, rows_per_lane[r],
-                               counts[r], row_centers, firsts[r], seconds[r], c0)
-        stream_rows_scalar(ctx, mode, x2, row_lo, rows_per_lane, lane_rows, vectorized_columns,
+                stream_vectors(ctx, 1, x2, start + c0, stride, rows_per_lane[r], counts[r],
+                               row_centers, firsts[r], seconds[r], c0)
+        stream_rows_scalar(ctx, x2, row_lo, rows_per_lane, lane_rows, vectorized_columns,
                            row_centers, counts, firsts, seconds)
     return run
 
@@ -101,7 +96,7 @@ def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, scratch, u
 
 
 @cache.cached(nogil=True)
-def row_units(ctx, mode, x3, centers, lanes, reduced_inner, block, unit_lo, unit_hi, scratch,
+def row_units(ctx, x3, centers, lanes, reduced_inner, block, unit_lo, unit_hi, scratch,
               unit_counts, unit_firsts, unit_seconds):
     """Block states of units unit_lo..unit_hi-1 (unit = k1 * blocks + block index) for every
     group of the unit's slice; unit_* are indexed (group * blocks + block index)."""
@@ -131,8 +126,8 @@ def row_units(ctx, mode, x3, centers, lanes, reduced_inner, block, unit_lo, unit
             slab_length = min(slab_rows, row_hi - slab_lo)
             for r in range(lane_rows):
                 rows_per_lane[r] = (slab_length - r + lane_rows - 1) // lane_rows
-            stream_rows(ctx, mode, x3[k1], slab_lo, rows_per_lane, lane_rows,
-                        scratch.row_centers, counts, scratch.row_firsts, scratch.row_seconds)
+            stream_rows(ctx, x3[k1], slab_lo, rows_per_lane, lane_rows, scratch.row_centers,
+                        counts, scratch.row_firsts, scratch.row_seconds)
             for r in range(lane_rows):
                 counts[r] += rows_per_lane[r]
         lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, scratch, unit_counts,
@@ -140,23 +135,23 @@ def row_units(ctx, mode, x3, centers, lanes, reduced_inner, block, unit_lo, unit
 
 
 @cache.cached(nogil=True)
-def row_two_pass(ctx, first_only, centered, x3, centers, lanes, reduced_inner, block, slice_lo,
-                 slice_hi, scratch, unit_counts, unit_firsts, unit_seconds):
-    """Both passes of kept_outer slices slice_lo..slice_hi-1 (modes ``first_only`` then
-    ``centered``), back to back (pass 2 finds the slice in cache wherever it fits). ``centers``
-    must hold zeros for these slices; it ends with the pass-1 means."""
+def row_two_pass(ctx, x3, centers, lanes, reduced_inner, block, slice_lo, slice_hi, scratch,
+                 unit_counts, unit_firsts, unit_seconds):
+    """Both passes of kept_outer slices slice_lo..slice_hi-1, back to back (pass 2 finds the slice
+    in cache wherever it fits). ``centers`` must hold zeros for these slices (pass 1 is centered
+    on them); it ends with the pass-1 means."""
     reduced_outer, columns = x3.shape[1], x3.shape[2]
     kept_inner = columns // reduced_inner
     block_rows = block // reduced_inner
     blocks = (reduced_outer + block_rows - 1) // block_rows
     for k1 in range(slice_lo, slice_hi):
-        row_units(ctx, first_only, x3, centers, lanes, reduced_inner, block, k1 * blocks,
-                  (k1 + 1) * blocks, scratch, unit_counts, unit_firsts, unit_seconds)
+        row_units(ctx, x3, centers, lanes, reduced_inner, block, k1 * blocks, (k1 + 1) * blocks,
+                  scratch, unit_counts, unit_firsts, unit_seconds)
         for k2 in range(kept_inner):
             first_unit = (k1 * kept_inner + k2) * blocks
             merge_blocks(ctx, unit_counts[first_unit:], unit_firsts[first_unit:],
                          unit_seconds[first_unit:], blocks)
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
-        row_units(ctx, centered, x3, centers, lanes, reduced_inner, block, k1 * blocks,
-                  (k1 + 1) * blocks, scratch, unit_counts, unit_firsts, unit_seconds)
+        row_units(ctx, x3, centers, lanes, reduced_inner, block, k1 * blocks, (k1 + 1) * blocks,
+                  scratch, unit_counts, unit_firsts, unit_seconds)

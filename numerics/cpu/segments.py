@@ -13,50 +13,50 @@ from .. import algorithms, cache, simd
 from ..targets import INTERNAL
 from ..topology import WARP_SIZE, merge_blocks, merge_lanes
 from .scratch import vectors_in_flight, width_of
-from .streaming import merge_batch, push_in_mode, stream_vectors
+from .streaming import merge_batch, stream_vectors
 
 #: two-pass rules: groups whose two passes run back to back, about this many input bytes at a
 #: time (a share of the core's L2; larger groups go one by one, pass 2 then comes from L3)
 FUSED_BYTES = 256 * 1024
 
 
-def stream_chunks(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+def stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
     """``chunks`` full chunks of ``lanes`` elements from ``row[j]`` into the lane states."""
     raise NotImplementedError("stream_chunks runs in compiled code only")
 
 
 @overload(stream_chunks, jit_options=INTERNAL)
-def _stream_chunks(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
     if ctx.vectorized:
         in_flight = vectors_in_flight(ctx.acc_format)
         width = width_of(ctx)
 
-        def run(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+        def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
             # sweep by sweep (the vectors in flight, whose states fit in registers) over all the
             # chunks of the run; the run stays in L1/L2 between sweeps
             wide = in_flight * width
             if lanes % wide == 0:
                 for base in range(0, lanes, wide):
-                    stream_vectors(ctx, mode, in_flight, row, j + base, lanes, chunks, count,
-                                   center, firsts, seconds, base)
+                    stream_vectors(ctx, in_flight, row, j + base, lanes, chunks, count, center,
+                                   firsts, seconds, base)
             else:
                 for base in range(0, lanes, width):
-                    stream_vectors(ctx, mode, 1, row, j + base, lanes, chunks, count, center,
-                                   firsts, seconds, base)
+                    stream_vectors(ctx, 1, row, j + base, lanes, chunks, count, center, firsts,
+                                   seconds, base)
         return run
 
-    def run(ctx, mode, row, j, chunks, count, center, lanes, firsts, seconds):
+    def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
         for chunk in range(chunks):
             offset = j + chunk * lanes
             for lane in range(lanes):
-                firsts[lane], seconds[lane] = push_in_mode(ctx, mode, count + chunk, center,
-                                                           firsts[lane], seconds[lane],
-                                                           ctx.load(row[offset + lane]))
+                _, firsts[lane], seconds[lane] = ctx.push(count + chunk, center, firsts[lane],
+                                                          seconds[lane],
+                                                          ctx.load(row[offset + lane]))
     return run
 
 
 @numba.njit(**INTERNAL)
-def block_lanes(ctx, mode, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds):
+def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds):
     """The lane states of elements start..stop-1 of group (k1, k2)."""
     reduced_inner = x4.shape[3]
     zero = ctx.to_acc(0)
@@ -80,7 +80,7 @@ def block_lanes(ctx, mode, x4, k1, k2, start, stop, center, lanes, counts, first
         chunks = (end - j) // lanes
         if chunks > 0:
             # lane 0 is next: every lane holds the same count
-            stream_chunks(ctx, mode, row, j, chunks, counts[0], center, lanes, firsts, seconds)
+            stream_chunks(ctx, row, j, chunks, counts[0], center, lanes, firsts, seconds)
             for lane in range(lanes):
                 counts[lane] += chunks
             j += chunks * lanes
@@ -139,7 +139,7 @@ def gather_member(folded, w, lanes, width, member_firsts, member_seconds, batch_
 
 
 @cache.cached(nogil=True)
-def segment_units(ctx, mode, x4, centers, lanes, block, unit_lo, unit_hi, scratch, unit_counts,
+def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, unit_counts,
                   unit_firsts, unit_seconds):
     """Block states of units unit_lo..unit_hi-1 (unit = group * blocks + block index)."""
     # borrowed: the caller keeps every array alive (simd.borrowed)
@@ -175,7 +175,7 @@ def segment_units(ctx, mode, x4, centers, lanes, block, unit_lo, unit_hi, scratc
         folded = -1
         for w in range(members):
             start = b * block
-            block_lanes(ctx, mode, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
+            block_lanes(ctx, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
                         scratch.member_counts[w], scratch.member_firsts[w],
                         scratch.member_seconds[w])
             b += 1
@@ -209,11 +209,11 @@ def segment_units(ctx, mode, x4, centers, lanes, block, unit_lo, unit_hi, scratc
 
 
 @cache.cached(nogil=True)
-def segment_two_pass(ctx, first_only, centered, x4, centers, lanes, block, group_lo, group_hi,
-                     scratch, unit_counts, unit_firsts, unit_seconds):
-    """Both passes of groups group_lo..group_hi-1 (modes ``first_only`` then ``centered``), a few
-    groups at a time (about FUSED_BYTES of input): pass 2 re-reads them right after pass 1, from
-    cache wherever they fit. ``centers`` must hold zeros for these groups; it ends with the pass-1
+def segment_two_pass(ctx, x4, centers, lanes, block, group_lo, group_hi, scratch, unit_counts,
+                     unit_firsts, unit_seconds):
+    """Both passes of groups group_lo..group_hi-1, a few groups at a time (about FUSED_BYTES of
+    input): pass 2 re-reads them right after pass 1, from cache wherever they fit. ``centers``
+    must hold zeros for these groups (pass 1 is centered on them); it ends with the pass-1
     means."""
     kept_inner = x4.shape[2]
     size = x4.shape[1] * x4.shape[3]
@@ -221,8 +221,8 @@ def segment_two_pass(ctx, first_only, centered, x4, centers, lanes, block, group
     step = max(1, FUSED_BYTES // (size * x4.itemsize))
     for chunk_lo in range(group_lo, group_hi, step):
         chunk_hi = min(chunk_lo + step, group_hi)
-        segment_units(ctx, first_only, x4, centers, lanes, block, chunk_lo * blocks,
-                      chunk_hi * blocks, scratch, unit_counts, unit_firsts, unit_seconds)
+        segment_units(ctx, x4, centers, lanes, block, chunk_lo * blocks, chunk_hi * blocks,
+                      scratch, unit_counts, unit_firsts, unit_seconds)
         for group in range(chunk_lo, chunk_hi):
             k1 = group // kept_inner
             k2 = group - k1 * kept_inner
@@ -231,5 +231,5 @@ def segment_two_pass(ctx, first_only, centered, x4, centers, lanes, block, group
                          unit_seconds[first_unit:], blocks)
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
-        segment_units(ctx, centered, x4, centers, lanes, block, chunk_lo * blocks,
-                      chunk_hi * blocks, scratch, unit_counts, unit_firsts, unit_seconds)
+        segment_units(ctx, x4, centers, lanes, block, chunk_lo * blocks, chunk_hi * blocks,
+                      scratch, unit_counts, unit_firsts, unit_seconds)

@@ -1,47 +1,24 @@
-"""What both CPU kernels share: the pass modes, one push in a mode, vector loads, and the lane
-tree of a batch of units or groups.
+"""What both CPU kernels share: the streaming loop, vector loads, and the lane tree of a batch of
+units or groups.
 
 Every function here takes the CpuContext (numerics.targets) first, and the implementations are
 chosen from its numba type with ``numba.extending.overload``: a function compiled for one
-specialization is named after it, and the vector width, the vectors in flight and the mode are
-compile-time constants of the code it runs.
+specialization is named after it, and the vector width and the vectors in flight are compile-time
+constants of the code it runs.
+
+Every pass is the family's push around each group's center: the naive rule and pass one of the
+two-pass rules get zero centers, and ``x - 0`` is exactly ``x`` (signed zeros, infinities and NaN
+included), so their sums are bit for bit the uncentered ones. One pass per specialization, not one
+per pass kind: each would be a kernel compiled anew (docs/architecture.md 2.7).
 """
 import numba
 from numba import types
 from numba.extending import overload
 
 from .. import precision, simd
-from ..targets import INTERNAL, Mode
+from ..targets import INTERNAL
 from ..topology import merge_lanes
 from .scratch import vector_width, width_of
-
-#: what a pass computes (the unit kernels' ``mode``, a compile-time type): centered sums around
-#: each group's center; the same with every center zero (the naive rule: the subtraction folds
-#: away); or, for pass 1 of the two-pass rules, zero centers and only the count and the first sum
-#: (the mean needs no more: the second sum is dropped from the code)
-CENTERED, ZERO_CENTER, FIRST_ONLY = Mode("centered"), Mode("zero_center"), Mode("first_only")
-
-
-def push_in_mode(ctx, mode, count, center, first, second, x):
-    """``(first, second)`` after pushing ``x`` in ``mode`` (compiled code only)."""
-    raise NotImplementedError("push_in_mode runs in compiled code only")
-
-
-@overload(push_in_mode, jit_options=INTERNAL)
-def _push_in_mode(ctx, mode, count, center, first, second, x):
-    if mode.mode == CENTERED.name:
-        def push(ctx, mode, count, center, first, second, x):
-            _, first, second = ctx.push(count, center, first, second, x)
-            return first, second
-    elif mode.mode == ZERO_CENTER.name:
-        def push(ctx, mode, count, center, first, second, x):
-            _, first, second = ctx.push(count, ctx.to_acc(0), first, second, x)
-            return first, second
-    else:
-        def push(ctx, mode, count, center, first, second, x):
-            _, first, _ = ctx.push(count, ctx.to_acc(0), first, second, x)
-            return first, second
-    return push
 
 
 def load_vector(ctx, data, j):
@@ -60,8 +37,8 @@ def _load_vector(ctx, data, j):
     return lambda ctx, data, j: simd.convert(simd.load(data, j, width), compute_type)
 
 
-def stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, center, firsts,
-                   seconds, base):
+def stream_vectors(ctx, vectors, data, start, stride, steps, count, center, firsts, seconds,
+                   base):
     """The one streaming loop of both kernels: ``vectors`` adjacent vectors of lane states
     (``firsts``/``seconds`` from ``base``, each holding ``count`` elements on entry; a
     compile-time count, so that the states live in registers) take, at step k = 0..steps-1, the
@@ -72,8 +49,8 @@ def stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, center
 
 
 @overload(stream_vectors, prefer_literal=True, jit_options=INTERNAL)
-def _stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, center, firsts,
-                    seconds, base):
+def _stream_vectors(ctx, vectors, data, start, stride, steps, count, center, firsts, seconds,
+                    base):
     if not isinstance(vectors, types.IntegerLiteral):
         return None
     count_of_vectors = vectors.literal_value
@@ -87,8 +64,7 @@ def _stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, cente
             return center
     center_vector = numba.njit(**INTERNAL)(center_vector)
 
-    def run(ctx, mode, vectors, data, start, stride, steps, count, center, firsts, seconds,
-            base):
+    def run(ctx, vectors, data, start, stride, steps, count, center, firsts, seconds, base):
         centers = simd.stack_vectors(count_of_vectors, width, compute_type)
         first = simd.stack_vectors(count_of_vectors, width, compute_type)
         second = simd.stack_vectors(count_of_vectors, width, compute_type)
@@ -99,9 +75,8 @@ def _stream_vectors(ctx, mode, vectors, data, start, stride, steps, count, cente
         for k in range(steps):
             offset = start + k * stride
             for v in range(count_of_vectors):
-                first[v], second[v] = push_in_mode(ctx, mode, count + k, centers[v], first[v],
-                                                   second[v],
-                                                   load_vector(ctx, data, offset + v * width))
+                _, first[v], second[v] = ctx.push(count + k, centers[v], first[v], second[v],
+                                                  load_vector(ctx, data, offset + v * width))
         for v in range(count_of_vectors):
             simd.store(firsts, base + v * width, first[v])
             simd.store(seconds, base + v * width, second[v])
