@@ -101,8 +101,11 @@ class Geometry:
         self.rule, self.view, self.kernel = rule, view, kernel_for(view, topology)
         self.ctx = context(rule.family, input_format, acc_format,
                            is_simd(acc_format, topology.lanes))
-        # the serial kernels have no vector path: one build serves every topology
+        # the serial kernels have no vector path: one build serves every topology; the finishing
+        # ones (pass-one means, finalize) read no input, so one build per accumulator format
+        # serves every input format (its context names the accumulator's format as the input's)
         self.serial_ctx = context(rule.family, input_format, acc_format, False)
+        self.finish_ctx = context(rule.family, acc_format, acc_format, False)
         self.compute_type = precision.COMPUTE_DTYPES[acc_format].type
         self.lanes, self.acc_format = topology.lanes, acc_format
         self.block = topology.block_size(view.group_size)
@@ -206,7 +209,7 @@ class CpuTarget:
 
     def pass_one_means(self, centers):
         geometry = self.geometry
-        cache.call(finish.pass_one_means, (geometry.serial_ctx,), geometry.serial_ctx,
+        cache.call(finish.pass_one_means, (geometry.finish_ctx,), geometry.finish_ctx,
                    geometry.blocks, *self.states, centers)
         return centers
 
@@ -214,7 +217,7 @@ class CpuTarget:
         geometry = self.geometry
         means = np.empty(geometry.view.group_count, geometry.compute_type)
         variances = np.empty(geometry.view.group_count, geometry.compute_type)
-        cache.call(finish.finalize_all, (geometry.serial_ctx,), geometry.serial_ctx, algorithm,
+        cache.call(finish.finalize_all, (geometry.finish_ctx,), geometry.finish_ctx, algorithm,
                    geometry.blocks, *self.states, centers, means, variances, ddof)
         return means, variances
 
