@@ -125,7 +125,7 @@ def test_repeated_calls_share_one_run_record():
                                                                   ("fused_two_pass", False))
 
 
-def test_kernel_calls_type_the_context_from_its_numba_type(monkeypatch):
+def test_kernel_calls_type_the_context_from_its_numba_type():
     """A CpuContext carries ``_numba_type_`` (numerics.targets), which numba's dispatcher reads
     instead of typing the argument in Python (docs/architecture.md 2.8, not a documented numba
     API): a later numba that stops reading it fails here, not silently in the latency."""

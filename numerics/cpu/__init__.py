@@ -27,8 +27,8 @@ right after pass 1, from cache where it fits.
 
 A call's fixed cost is kept small for small tensors: what the view, rule, topology and formats
 decide is computed once (``Geometry``), each call borrows the work arrays a finished call gave
-back, a tensor under THREADED_BYTES runs on the calling thread alone, and the contexts and modes
-carry their numba types (numerics.targets), so a kernel call types its arguments in C.
+back, a tensor under THREADED_BYTES runs on the calling thread alone, and the contexts carry
+their numba types (numerics.targets), so a kernel call types its arguments in C.
 """
 import functools
 import threading
