@@ -1,0 +1,65 @@
+"""The last step of `make install`: every module the package, its studies, its tests and its
+notebooks import is importable, and the frameworks the studies compare are listed with their
+versions.
+
+    python tools/install_check.py
+
+It also writes the bytecode of exactly those modules. `make install` runs pip with
+``--no-compile``: pip would otherwise byte-compile all of the environment's ~19,600 Python files
+(TensorFlow, PyTorch and JAX ship most of them), about two minutes on two cores, most of which
+nothing here ever imports. Importing what the project imports writes the bytecode of what it needs
+(Python writes it on import unless PYTHONDONTWRITEBYTECODE is set, so the Makefile unsets it for
+this one command). Exits 1, naming what is missing, when a module cannot be imported.
+"""
+import importlib
+import sys
+from pathlib import Path
+
+# the studies are a folder of the repository, not an installed package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+#: what the package, studies, tests and notebooks import besides the frameworks' own modules
+#: (numerics.implementations lists those)
+PROJECT_MODULES = (
+    "numerics", "numerics.gpu", "numerics.gpu_compile", "studies", "studies.run_all",
+    "numpy", "numba", "numba.cuda", "llvmlite", "mpmath", "ml_dtypes", "pandas", "pyarrow",
+    "matplotlib.pyplot", "dask.distributed", "tqdm", "sklearn.datasets",
+    "pytest", "xdist", "hypothesis", "nbclient", "nbformat", "ipykernel.kernelapp",
+)
+
+
+def framework_modules():
+    """{module: [implementation names]} of every implementation in the registry."""
+    from numerics import implementations
+    needed = {}
+    for implementation in implementations.IMPLEMENTATIONS:
+        for module in implementation.modules:
+            needed.setdefault(module, []).append(implementation.name)
+    return needed
+
+
+def main():
+    missing = []
+    for module in PROJECT_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            missing.append(f"{module} ({error})")
+    frameworks = framework_modules() if "numerics" not in " ".join(missing) else {}
+    for module, users in sorted(frameworks.items()):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            missing.append(f"{module}, needed by {', '.join(users)} ({error})")
+    if missing:
+        print("install check: cannot import " + "; ".join(missing), file=sys.stderr)
+        return 1
+    from numerics import implementations
+    versions = sorted({package for implementation in implementations.IMPLEMENTATIONS
+                       for package in implementation.version().split("; ") if package})
+    print("install check: every module imports; frameworks: " + ", ".join(versions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
