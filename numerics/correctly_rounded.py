@@ -426,18 +426,14 @@ def exact_statistics(group_values, ddof, output_format):
     sums = reference.scaled_sums(group_values, "layer", None, "NCHW")
     count, scale = sums.count, sums.scale
     means, variances, overflowed = [], [], 0
-    for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-        if group in sums.nonfinite:
-            means.append(reference.nonfinite_mean(*sums.nonfinite[group]))
+    for special_mean, scaled_sum, scaled_n_times_s in reference.exact_numerators(sums, ddof):
+        if special_mean is not None:
+            means.append(special_mean)
             variances.append(math.nan)
             continue
         means.append(round_exactly(Fraction(scaled_sum, count * scale), output_format))
-        if count - ddof <= 0:
-            variances.append(math.nan)
-        else:
-            variances.append(round_exactly(
-                Fraction(count * scaled_square - scaled_sum * scaled_sum,
-                         count * (count - ddof) * scale * scale), output_format))
+        variances.append(math.nan if scaled_n_times_s is None else round_exactly(
+            Fraction(scaled_n_times_s, count * (count - ddof) * scale * scale), output_format))
         overflowed += math.isinf(means[-1]) or math.isinf(variances[-1])
     return np.array(means, np.float64), np.array(variances, np.float64), overflowed
 

@@ -421,19 +421,33 @@ def moments(x, norm=None, *, groups=None, layout="NCHW", ddof=0, bits=256):
     means, variances = [], []
     with mpmath.workprec(bits):
         nan = mpmath.mpf("nan")
-        for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
-            if group in sums.nonfinite:
-                means.append(mpmath.mpf(nonfinite_mean(*sums.nonfinite[group])))
+        for special_mean, scaled_sum, scaled_n_times_s in exact_numerators(sums, ddof):
+            if special_mean is not None:
+                means.append(mpmath.mpf(special_mean))
                 variances.append(nan)
                 continue
             means.append(_rounded_ratio(scaled_sum, mean_denominator, bits))
-            if count - ddof <= 0:
-                variances.append(nan)
-                continue
-            # n·S·scale² = n·Σ(scaled x²) − (Σ scaled x)²: an exact integer, never negative
-            scaled_n_times_s = count * scaled_square - scaled_sum * scaled_sum
-            variances.append(_rounded_ratio(scaled_n_times_s, variance_denominator, bits))
+            variances.append(nan if scaled_n_times_s is None else
+                             _rounded_ratio(scaled_n_times_s, variance_denominator, bits))
     return _stats_array(means, sums.stats_shape), _stats_array(variances, sums.stats_shape)
+
+
+def exact_numerators(sums, ddof):
+    """Per group of ``sums`` (scaled_sums), the exact statistics as integer numerators over the
+    denominators every group shares: ``(special_mean, scaled_sum, scaled_n_times_s)`` where
+    mean = scaled_sum / (n·scale) and var = scaled_n_times_s / (n·(n − ddof)·scale²).
+    ``special_mean`` is the IEEE mean of a group holding NaN or Inf (module docstring; its
+    variance is NaN and the other two are None), else None; ``scaled_n_times_s`` is None where
+    n − ddof <= 0 (the variance is NaN)."""
+    count = sums.count
+    for group, (scaled_sum, scaled_square) in enumerate(zip(sums.sums, sums.squares)):
+        if group in sums.nonfinite:
+            yield nonfinite_mean(*sums.nonfinite[group]), None, None
+        elif count - ddof <= 0:
+            yield None, scaled_sum, None
+        else:
+            # n·S·scale² = n·Σ(scaled x²) − (Σ scaled x)²: an exact integer, never negative
+            yield None, scaled_sum, count * scaled_square - scaled_sum * scaled_sum
 
 
 def _condition_numbers(sums, shift_by_first):
