@@ -23,8 +23,8 @@ STUDY_OPTIONS ?=
 
 install: $(SETUP)
 
-# --no-compile: pip would byte-compile every file of the environment (about two minutes on two
-# cores, mostly frameworks' files nothing imports); tools/install_check.py imports what the project
+# --no-compile: pip would byte-compile every file of the environment (about two minutes here,
+# mostly frameworks' files nothing imports); tools/install_check.py imports what the project
 # imports, so Python writes the bytecode of those alone (unless told not to: hence the env -u)
 $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)

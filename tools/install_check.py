@@ -29,28 +29,30 @@ PROJECT_MODULES = (
 
 
 def framework_modules():
-    """{module: [implementation names]} of every implementation in the registry."""
+    """{module: ", needed by <implementation names>"} of every implementation in the registry."""
     from numerics import implementations
     needed = {}
     for implementation in implementations.IMPLEMENTATIONS:
         for module in implementation.modules:
             needed.setdefault(module, []).append(implementation.name)
-    return needed
+    return {module: f", needed by {', '.join(names)}" for module, names in needed.items()}
+
+
+def unimportable(modules):
+    """What of ``modules`` ({module: who needs it}) cannot be imported, and why."""
+    missing = []
+    for module, needed_by in sorted(modules.items()):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            missing.append(f"{module}{needed_by} ({error})")
+    return missing
 
 
 def main():
-    missing = []
-    for module in PROJECT_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            missing.append(f"{module} ({error})")
-    frameworks = framework_modules() if "numerics" not in " ".join(missing) else {}
-    for module, users in sorted(frameworks.items()):
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            missing.append(f"{module}, needed by {', '.join(users)} ({error})")
+    missing = unimportable(dict.fromkeys(PROJECT_MODULES, ""))
+    if "numerics" in sys.modules:  # the registry names the frameworks' modules
+        missing += unimportable(framework_modules())
     if missing:
         print("install check: cannot import " + "; ".join(missing), file=sys.stderr)
         return 1
