@@ -1,8 +1,8 @@
 """The ``rows`` kernel: layouts whose groups interleave in memory (channels last:
 ``reduced_inner`` divides ``lanes``). Lane ``((p - p0) mod (lanes / Q)) * Q + q`` is the lane that
 the topology gives element ``(p, q)``, so the two kernels agree bit for bit; a tile of adjacent
-columns (groups) is updated side by side, row after row of one lane (``W`` adjacent columns are
-one vector on the vector path).
+states (columns, then the next lane rows' columns) is updated side by side, row after row of one
+lane (``W`` adjacent states are one vector on the vector path).
 
 A unit is one block of rows of one ``kept_outer`` slice, for all its groups (unit = k1 * blocks +
 block index).
@@ -13,26 +13,35 @@ from numba.extending import overload
 from .. import algorithms, cache, simd
 from ..targets import INTERNAL
 from ..topology import merge_blocks
-from .scratch import vectors_in_flight, width_of
+from .scratch import tile_columns, vectors_in_flight, width_of
 from .streaming import merge_batch, stream_vectors
 
 #: rows of one lane row per slab. Each column tile re-reads them from L1; they lie
 #: lane_rows * row bytes apart, often a multiple of 4 KiB, which maps them all to the same L1
 #: sets, so no more of them than the L1's 8 ways
 SLAB_ROWS_PER_LANE = 8
+#: rows of one lane row per slab when a lane row is no wider than one tile of in-flight vectors:
+#: every row is then read once per slab, so the L1's ways do not bound the slab, and a longer one
+#: loads and stores the tile's states fewer times
+NARROW_SLAB_ROWS_PER_LANE = 64
 
 
 @numba.njit(**INTERNAL)
-def stream_rows_scalar(ctx, x2, row_lo, rows_per_lane, lane_rows, column_lo, row_centers, counts,
-                       firsts, seconds):
-    """Columns column_lo.. of the slab's lane rows, one element at a time."""
-    for r in range(lane_rows):
-        count = counts[r]
+def stream_states_singly(ctx, x2, row_lo, rows_per_lane, lane_rows, state_lo, state_hi,
+                         row_centers, counts, firsts, seconds):
+    """States state_lo..state_hi-1 of the slab (state r * columns + m: lane row r, column m),
+    one element at a time."""
+    columns = x2.shape[1]
+    r = state_lo // columns
+    m = state_lo - r * columns
+    for _ in range(state_hi - state_lo):
         for k in range(rows_per_lane[r]):
-            p = row_lo + r + k * lane_rows
-            for m in range(column_lo, x2.shape[1]):
-                _, firsts[r, m], seconds[r, m] = ctx.push(count + k, row_centers[m], firsts[r, m],
-                                                          seconds[r, m], ctx.load(x2[p, m]))
+            _, firsts[r, m], seconds[r, m] = ctx.push(counts[r] + k, row_centers[r, m],
+                                                      firsts[r, m], seconds[r, m],
+                                                      ctx.load(x2[row_lo + r + k * lane_rows, m]))
+        m += 1
+        if m == columns:
+            r, m = r + 1, 0
 
 
 def stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
@@ -45,30 +54,79 @@ def stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, 
 def _stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
     if not ctx.vectorized:
         def run(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
-            stream_rows_scalar(ctx, x2, row_lo, rows_per_lane, lane_rows, 0, row_centers, counts,
-                               firsts, seconds)
+            stream_states_singly(ctx, x2, row_lo, rows_per_lane, lane_rows, 0,
+                                 lane_rows * x2.shape[1], row_centers, counts, firsts, seconds)
         return run
     in_flight = vectors_in_flight(ctx.acc_format)
     width = width_of(ctx)
 
     def run(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):
-        # lane row by lane row; a tile of in-flight column vectors keeps its states in registers
-        # over all the lane row's rows of the slab, then single vectors, then single columns
+        # lane rows that hold the same counts are one flat row of states, (lane row, column) in
+        # order, and so are their elements at each step (rows row_lo + r of x2 follow each other
+        # in memory): tiles of in-flight vectors, then single vectors, then single states run
+        # along it, across lane rows where a row is narrower than a tile or not a whole number of
+        # vectors (channels last with few channels). Every state takes the same pushes in the
+        # same order as one lane row at a time; the centers are the states' own (row_centers)
         columns = x2.shape[1]
-        tile_columns = in_flight * width
-        tiled = columns - columns % tile_columns
-        vectorized_columns = columns - columns % width
-        for r in range(lane_rows):
-            start, stride = (row_lo + r) * columns, lane_rows * columns
-            for c0 in range(0, tiled, tile_columns):
+        tile = in_flight * width
+        stride, start = lane_rows * columns, row_lo * columns
+        r = 0
+        while r < lane_rows:
+            end = r + 1
+            while (end < lane_rows and counts[end] == counts[r]
+                   and rows_per_lane[end] == rows_per_lane[r]):
+                end += 1
+            lo, hi = r * columns, end * columns
+            tiled, vectorized = hi - (hi - lo) % tile, hi - (hi - lo) % width
+            for c0 in range(lo, tiled, tile):
                 stream_vectors(ctx, in_flight, x2, start + c0, stride, rows_per_lane[r], counts[r],
-                               row_centers, firsts[r], seconds[r], c0)
-            for c0 in range(tiled, vectorized_columns, width):
+                               row_centers, firsts, seconds, c0)
+            for c0 in range(tiled, vectorized, width):
                 stream_vectors(ctx, 1, x2, start + c0, stride, rows_per_lane[r], counts[r],
-                               row_centers, firsts[r], seconds[r], c0)
-        stream_rows_scalar(ctx, x2, row_lo, rows_per_lane, lane_rows, vectorized_columns,
-                           row_centers, counts, firsts, seconds)
+                               row_centers, firsts, seconds, c0)
+            stream_states_singly(ctx, x2, row_lo, rows_per_lane, lane_rows, vectorized, hi,
+                                 row_centers, counts, firsts, seconds)
+            r = end
     return run
+
+
+@numba.njit(**INTERNAL)
+def gather_groups_singly(k2, members, lane_rows, reduced_inner, scratch):
+    """Lane t = r * Q + q of group k2 + w, element (r, (k2 + w) * Q + q) of the lane states, into
+    element (t, w) of the batch, one state at a time."""
+    for r in range(lane_rows):
+        for q in range(reduced_inner):
+            t = r * reduced_inner + q
+            for w in range(members):
+                column = (k2 + w) * reduced_inner + q
+                scratch.batch_firsts[t, w] = scratch.row_firsts[r, column]
+                scratch.batch_seconds[t, w] = scratch.row_seconds[r, column]
+
+
+def gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch):
+    """The lane states of groups k2..k2+members-1 into the batch (gather_groups_singly)."""
+    raise NotImplementedError("gather_groups runs in compiled code only")
+
+
+@overload(gather_groups, jit_options=INTERNAL)
+def _gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch):
+    if not ctx.vectorized:
+        return lambda ctx, k2, members, lane_rows, reduced_inner, scratch: gather_groups_singly(
+            k2, members, lane_rows, reduced_inner, scratch)
+    width = width_of(ctx)
+
+    def gather(ctx, k2, members, lane_rows, reduced_inner, scratch):
+        if reduced_inner != 1 or members != width:
+            gather_groups_singly(k2, members, lane_rows, reduced_inner, scratch)
+            return
+        # one column per group: a lane row's states of the batch are one vector
+        columns = scratch.row_firsts.shape[1]
+        for r in range(lane_rows):
+            simd.store(scratch.batch_firsts, r * width,
+                       simd.load(scratch.row_firsts, r * columns + k2, width))
+            simd.store(scratch.batch_seconds, r * width,
+                       simd.load(scratch.row_seconds, r * columns + k2, width))
+    return gather
 
 
 @numba.njit(**INTERNAL)
@@ -76,19 +134,13 @@ def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, scratch, u
                         unit_firsts, unit_seconds):
     """The lane tree of every group of the slice, ``width`` groups at once: lane
     t = r * Q + q of group k2 is element (r, k2 * Q + q) of the lane states."""
-    kept_inner = scratch.row_centers.shape[0] // reduced_inner
+    kept_inner = scratch.row_centers.shape[1] // reduced_inner
     width = width_of(ctx)
     for r in range(lane_rows):
         scratch.lane_counts[r * reduced_inner:(r + 1) * reduced_inner] = scratch.row_counts[r]
     for k2 in range(0, kept_inner, width):
         members = min(width, kept_inner - k2)
-        for r in range(lane_rows):
-            for q in range(reduced_inner):
-                t = r * reduced_inner + q
-                for w in range(members):
-                    scratch.batch_firsts[t, w] = scratch.row_firsts[r, (k2 + w) * reduced_inner + q]
-                    scratch.batch_seconds[t, w] = scratch.row_seconds[r,
-                                                                      (k2 + w) * reduced_inner + q]
+        gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch)
         first_out = (k1 * kept_inner + k2) * blocks + b
         merge_batch(ctx, scratch.lane_counts, scratch.batch_firsts, scratch.batch_seconds,
                     members, scratch, unit_counts[first_out::blocks],
@@ -109,14 +161,20 @@ def row_units(ctx, x3, centers, lanes, reduced_inner, block, unit_lo, unit_hi, s
     lane_rows = lanes // reduced_inner
     blocks = (reduced_outer + block_rows - 1) // block_rows
     # a slab: the same number of rows for every lane row
-    slab_rows = SLAB_ROWS_PER_LANE * lane_rows
+    slab_rows = lane_rows * (NARROW_SLAB_ROWS_PER_LANE if columns <= tile_columns(ctx)
+                             else SLAB_ROWS_PER_LANE)
     counts, rows_per_lane = scratch.row_counts, scratch.rows_per_lane
     zero = ctx.to_acc(0)
     for unit in range(unit_lo, unit_hi):
         k1 = unit // blocks
         b = unit - k1 * blocks
-        for m in range(columns):
-            scratch.row_centers[m] = centers[k1, m // reduced_inner]
+        # every lane row's copy of the columns' centers (stream_rows reads them like the states)
+        for k2 in range(columns // reduced_inner):
+            for q in range(reduced_inner):
+                scratch.row_centers[0, k2 * reduced_inner + q] = centers[k1, k2]
+        for r in range(1, lane_rows):
+            for m in range(columns):
+                scratch.row_centers[r, m] = scratch.row_centers[0, m]
         counts[:] = 0
         scratch.row_firsts[:] = zero
         scratch.row_seconds[:] = zero

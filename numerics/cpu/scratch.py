@@ -52,6 +52,17 @@ def _width_of(ctx):
     return lambda ctx: width
 
 
+def tile_columns(ctx):
+    """Lanes of one tile of in-flight vectors of a CpuContext (compiled code only)."""
+    return vectors_in_flight(ctx.acc_format) * width_of(ctx)
+
+
+@overload(tile_columns, jit_options=INTERNAL)
+def _tile_columns(ctx):
+    columns = tile_columns(ctx)
+    return lambda ctx: columns
+
+
 def aligned_zeros(shape, dtype, alignment=64):
     """Zeros whose data starts on an ``alignment``-byte boundary: simd.as_vectors reads them as
     vectors with aligned loads."""
@@ -82,5 +93,5 @@ def new_scratch(lanes, acc_format, lane_rows=1, columns=1):
         rows_per_lane=np.empty(lane_rows, np.int64),
         row_firsts=np.empty((lane_rows, columns), compute_type),
         row_seconds=np.empty((lane_rows, columns), compute_type),
-        row_centers=np.empty(columns, compute_type),
+        row_centers=np.empty((lane_rows, columns), compute_type),
         lane_counts=np.empty(lanes, np.int64))

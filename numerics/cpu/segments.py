@@ -13,7 +13,7 @@ from .. import algorithms, cache, simd
 from ..targets import INTERNAL
 from ..topology import WARP_SIZE, merge_blocks, merge_lanes
 from .scratch import vectors_in_flight, width_of
-from .streaming import merge_batch, stream_vectors
+from .streaming import load_vector, merge_batch, stream_vectors
 
 #: two-pass rules: groups whose two passes run back to back, about this many input bytes at a
 #: time (a share of the core's L2; larger groups go one by one, pass 2 then comes from L3)
@@ -55,6 +55,43 @@ def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
     return run
 
 
+def push_lanes(ctx, row, j, stop, lane, center, counts, firsts, seconds):
+    """Elements row[j:stop] into lanes lane, lane + 1, ... (no further than the last lane): a
+    part of a chunk, at the start or the end of a run. Lanes from ``lane`` on hold the same count
+    (a block fills its lanes in turn from lane 0), so each whole vector of them is one push."""
+    raise NotImplementedError("push_lanes runs in compiled code only")
+
+
+@overload(push_lanes, jit_options=INTERNAL)
+def _push_lanes(ctx, row, j, stop, lane, center, counts, firsts, seconds):
+    if not ctx.vectorized:
+        def run(ctx, row, j, stop, lane, center, counts, firsts, seconds):
+            for t in range(stop - j):
+                counts[lane + t], firsts[lane + t], seconds[lane + t] = ctx.push(
+                    counts[lane + t], center, firsts[lane + t], seconds[lane + t],
+                    ctx.load(row[j + t]))
+        return run
+    width = width_of(ctx)
+
+    def run(ctx, row, j, stop, lane, center, counts, firsts, seconds):
+        # whole vectors, then single lanes, in this function: a call per run costs more than a
+        # short run's pushes
+        while j + width <= stop:
+            first, second = simd.load(firsts, lane, width), simd.load(seconds, lane, width)
+            _, first, second = ctx.push(counts[lane], center, first, second,
+                                        load_vector(ctx, row, j))
+            simd.store(firsts, lane, first)
+            simd.store(seconds, lane, second)
+            for t in range(lane, lane + width):
+                counts[t] += 1
+            j, lane = j + width, lane + width
+        for t in range(stop - j):
+            counts[lane + t], firsts[lane + t], seconds[lane + t] = ctx.push(
+                counts[lane + t], center, firsts[lane + t], seconds[lane + t],
+                ctx.load(row[j + t]))
+    return run
+
+
 @numba.njit(**INTERNAL)
 def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds):
     """The lane states of elements start..stop-1 of group (k1, k2)."""
@@ -72,11 +109,11 @@ def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, sec
         row = x4[k1, p, k2]
         lane = (i - start) % lanes
         j = q
-        while j < end and lane != 0:
-            counts[lane], firsts[lane], seconds[lane] = ctx.push(counts[lane], center, firsts[lane],
-                                                                 seconds[lane], ctx.load(row[j]))
-            lane = lane + 1 if lane + 1 < lanes else 0
-            j += 1
+        if lane != 0:
+            # the run starts inside a chunk: its first elements complete it
+            head = min(end - j, lanes - lane)
+            push_lanes(ctx, row, j, j + head, lane, center, counts, firsts, seconds)
+            j += head
         chunks = (end - j) // lanes
         if chunks > 0:
             # lane 0 is next: every lane holds the same count
@@ -84,12 +121,8 @@ def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, sec
             for lane in range(lanes):
                 counts[lane] += chunks
             j += chunks * lanes
-        lane = 0
-        while j < end:
-            counts[lane], firsts[lane], seconds[lane] = ctx.push(counts[lane], center, firsts[lane],
-                                                                 seconds[lane], ctx.load(row[j]))
-            lane += 1
-            j += 1
+        if j < end:
+            push_lanes(ctx, row, j, end, 0, center, counts, firsts, seconds)
         i = i + end - q
 
 
