@@ -20,10 +20,14 @@ from .streaming import merge_batch, stream_vectors
 #: lane_rows * row bytes apart, often a multiple of 4 KiB, which maps them all to the same L1
 #: sets, so no more of them than the L1's 8 ways
 SLAB_ROWS_PER_LANE = 8
-#: rows of one lane row per slab when a lane row is no wider than one tile of in-flight vectors:
-#: every row is then read once per slab, so the L1's ways do not bound the slab, and a longer one
-#: loads and stores the tile's states fewer times
-NARROW_SLAB_ROWS_PER_LANE = 64
+#: bytes of a slab whose lane rows are no wider than one tile of in-flight vectors (at least
+#: SLAB_ROWS_PER_LANE rows per lane): every row is then read once per slab, so the L1's ways do
+#: not bound it, and more rows per lane load and store the tile's states fewer times (8 float32
+#: channels last: 32 rows per lane). Bounded in bytes, since a tile's steps lie lane_rows rows
+#: apart: from memory, 64 rows per lane of 64 float32 channels (1 MiB slabs) ran 1.6 to 2.4 times
+#: slower than 8, and 128 KiB slabs of 64 float16 channels 1.3 to 1.6 times (docs/architecture.md
+#: 2.4)
+NARROW_SLAB_BYTES = 64 * 1024
 
 
 @numba.njit(**INTERNAL)
@@ -161,8 +165,11 @@ def row_units(ctx, x3, centers, lanes, reduced_inner, block, unit_lo, unit_hi, s
     lane_rows = lanes // reduced_inner
     blocks = (reduced_outer + block_rows - 1) // block_rows
     # a slab: the same number of rows for every lane row
-    slab_rows = lane_rows * (NARROW_SLAB_ROWS_PER_LANE if columns <= tile_columns(ctx)
-                             else SLAB_ROWS_PER_LANE)
+    rows_per_lane_of_slab = SLAB_ROWS_PER_LANE
+    if columns <= tile_columns(ctx):
+        rows_per_lane_of_slab = max(SLAB_ROWS_PER_LANE,
+                                    NARROW_SLAB_BYTES // (lane_rows * columns * x3.itemsize))
+    slab_rows = lane_rows * rows_per_lane_of_slab
     counts, rows_per_lane = scratch.row_counts, scratch.rows_per_lane
     zero = ctx.to_acc(0)
     for unit in range(unit_lo, unit_hi):
