@@ -132,6 +132,20 @@ def float64_to_float32_round_to_odd(values):
     return bits.view(np.float32)
 
 
+def widened(values, input_format, acc_format):
+    """The array ``values`` of ``input_format`` (16-bit formats as uint16 bit patterns) in the
+    compute type of ``acc_format``: exact for every narrower format (numpy's float16 and
+    ml_dtypes' bfloat16 casts decode exactly what the bit-level decoders above decode,
+    tests/test_codecs.py checks every pattern), and one rounding to nearest for float64 into a
+    float32 compute type, the conversion the kernels apply to each element they load."""
+    values = np.asarray(values)
+    if input_format in ("float16", "bfloat16"):
+        # through float32, as the kernels decode: a direct cast to float64 would keep a
+        # signalling NaN signalling, where the float32 -> float64 conversion quiets it
+        values = values.view(NUMPY_DTYPES[input_format]).astype(np.float32)
+    return np.ascontiguousarray(values, dtype=COMPUTE_DTYPES[acc_format])
+
+
 def convert(values, name):
     """Convert an array to the format ``name`` with one correct rounding (round to nearest even)."""
     values = np.asarray(values)

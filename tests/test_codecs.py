@@ -48,6 +48,35 @@ def test_decoding_every_bit_pattern_is_exact(format_name):
     assert np.array_equal(np.isnan(decoded), np.isnan(expected))
 
 
+@pytest.mark.parametrize("format_name", ["float16", "bfloat16"])
+def test_widened_arrays_hold_what_the_kernels_decode(format_name):
+    """precision.widened is the input of the CPU kernels' scalar path: every pattern must widen
+    to the compiled decoder's bits, NaN payloads included (a kernel carries them into its
+    results), in both compute types."""
+    decoded = compiled_map(DECODERS[format_name], np.float32)(ALL_PATTERNS)
+    for acc_format in ("float16", "bfloat16", "float32"):
+        widened = precision.widened(ALL_PATTERNS, format_name, acc_format)
+        assert widened.dtype == np.float32
+        assert np.array_equal(widened.view(np.uint32), decoded.view(np.uint32))
+    widened = precision.widened(ALL_PATTERNS, format_name, "float64")
+    loaded = compiled_map(lambda value: np.float64(value), np.float64)(decoded)
+    assert np.array_equal(widened.view(np.uint64), loaded.view(np.uint64))
+
+
+def test_widened_float64_rounds_to_float32_as_a_kernel_load_does():
+    """float64 input into a float32 compute type: one rounding to nearest, the conversion a
+    compiled load applies (ties, the subnormal range, overflow and NaN payloads included)."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([
+        rng.standard_normal(4096) * np.exp2(rng.integers(-160, 140, 4096)),
+        np.float32(rng.standard_normal(4096)).astype(np.float64) * (1 + 2.0 ** -24),  # ties
+        [np.inf, -np.inf, np.nan, 3.5e38, -3.5e38, 1e-46, -0.0]])
+    values = np.concatenate([values, (values.view(np.uint64) ^ np.uint64(1)).view(np.float64)])
+    expected = compiled_map(lambda value: np.float32(value), np.float32)(values)
+    widened = precision.widened(values, "float64", "float32")
+    assert np.array_equal(widened.view(np.uint32), expected.view(np.uint32))
+
+
 def boundary_inputs(format_name):
     """float32 values at and around every rounding boundary of the format: each finite 16-bit
     value, each midpoint between neighbours (the ties), and the float32 neighbours of both, for

@@ -99,13 +99,18 @@ class Geometry:
 
     def __init__(self, view, rule, topology, input_format, acc_format):
         self.rule, self.view, self.kernel = rule, view, kernel_for(view, topology)
-        self.ctx = context(rule.family, input_format, acc_format,
-                           is_simd(acc_format, topology.lanes))
-        # the serial kernels have no vector path: one build serves every topology; the finishing
-        # ones (pass-one means, finalize) read no input, so one build per accumulator format
-        # serves every input format (its context names the accumulator's format as the input's)
-        self.serial_ctx = context(rule.family, input_format, acc_format, False)
+        self.vectorized = is_simd(acc_format, topology.lanes)
+        # the scalar path and the first elements read their input widened to the compute type
+        # (kernel_input), so their kernels are built once per accumulator format, not once per
+        # pair of formats (docs/architecture.md 2.7); the finishing kernels (pass-one means,
+        # finalize) read no input: one build per accumulator format too (its context names the
+        # accumulator's format as the input's)
+        compute_format = precision.COMPUTE_DTYPES[acc_format].name
+        self.ctx = context(rule.family, input_format if self.vectorized else compute_format,
+                           acc_format, self.vectorized)
+        self.serial_ctx = context(rule.family, compute_format, acc_format, False)
         self.finish_ctx = context(rule.family, acc_format, acc_format, False)
+        self.input_format = input_format
         self.compute_type = precision.COMPUTE_DTYPES[acc_format].type
         self.lanes, self.acc_format = topology.lanes, acc_format
         self.block = topology.block_size(view.group_size)
@@ -128,6 +133,15 @@ class Geometry:
         state_bytes = self.state_count * (8 + 2 * np.dtype(self.compute_type).itemsize)
         self.keeps_states = state_bytes <= KEPT_STATE_BYTES
         self.spare = []
+
+    def kernel_input(self, values):
+        """What the kernels of this geometry read of ``values`` (part of a canonical view): the
+        vector path reads the input itself; the scalar path, whose speed is its one lane at a
+        time, a copy in the compute type (none where the input already is), exact or rounded
+        once as the kernels' own loads would (precision.widened)."""
+        if self.vectorized:
+            return values
+        return precision.widened(values, self.input_format, self.acc_format)
 
     def borrow_work(self, threads):
         """``(scratches, states)`` for one call on ``threads`` threads: a finished call's where
@@ -164,7 +178,7 @@ class CpuTarget:
 
     def __init__(self, geometry, x4, threads):
         self.geometry, self.x4 = geometry, x4
-        self.data = x4.reshape(geometry.data_shape)
+        self.data = geometry.kernel_input(x4).reshape(geometry.data_shape)
         self.threads = threads
         self.scratches, self.states = geometry.borrow_work(threads)
         # what the specialization of a kernel depends on besides the contexts and modes
@@ -182,8 +196,10 @@ class CpuTarget:
         geometry = self.geometry
         centers = np.empty((geometry.view.kept_outer, geometry.view.kept_inner),
                            geometry.compute_type)
-        cache.call(finish.first_elements, (geometry.serial_ctx,) + self.data_key,
-                   geometry.serial_ctx, self.x4, centers)
+        firsts = precision.widened(self.x4[:, :1, :, :1], geometry.input_format,
+                                   geometry.acc_format)
+        cache.call(finish.first_elements, (geometry.serial_ctx, firsts.flags.writeable),
+                   geometry.serial_ctx, firsts, centers)
         return centers
 
     def reduce(self, mode, centers):
@@ -197,8 +213,12 @@ class CpuTarget:
 
     def both_passes(self, centers):
         """Both passes fused when every thread can own whole groups (slices): pass 2 re-reads a
-        group right after its pass 1, from cache."""
+        group right after its pass 1, from cache. Not on the scalar path: one lane at a time,
+        it runs slower than memory serves it, so the fused kernel would be one more build per
+        accumulator format that saves no time (docs/architecture.md 2.7)."""
         geometry, threads, owners = self.geometry, self.threads, self.geometry.owners
+        if not geometry.vectorized:
+            return None
         if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
             return None
         self.ran = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key, owners,
