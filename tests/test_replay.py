@@ -16,12 +16,15 @@ SUBSETS = [("batch", None, "NCHW"), ("batch", None, "NHWC"), ("group", 2, "NHWC"
            ("group", 4, "NCHW"), ("layer", None, "NCHW"), ("instance", None, "NHWC")]
 
 
-#: shapes and the subsets run on them. (3, 8, 5, 4): runs of 20 elements inside a chunk of lanes;
-#: 4 channels last, one float64 vector per row. (3, 8, 7, 16): runs of 112, chunks with a head and
-#: a tail; 16 channels last, rows of whole float32 vectors (tiles across lane rows) and GroupNorm's
-#: 8-column groups. (2, 5, 7, 3): 3 channels last, lane rows whose states end inside a vector
+#: shapes and the subsets run on them. (3, 8, 5, 4): runs of 20 elements inside a chunk of lanes
+#: (gathered into whole chunks); 4 channels last, one float64 vector per row. (3, 8, 7, 16): runs
+#: of 112, chunks with a head and a tail; 16 channels last, rows of whole float32 vectors (tiles
+#: across lane rows) and GroupNorm's 8-column groups. (2, 5, 7, 3): 3 channels last, lane rows
+#: whose states end inside a vector. (90, 2, 7, 7): BatchNorm's groups of 90 runs of 49, gathered
+#: in two parts (4096 elements, then the rest) in the default topology's blocks
 CASES = [((3, 8, 5, 4), SUBSETS), ((3, 8, 7, 16), SUBSETS),
-         ((2, 5, 7, 3), [("batch", None, "NHWC"), ("instance", None, "NHWC")])]
+         ((2, 5, 7, 3), [("batch", None, "NHWC"), ("instance", None, "NHWC")]),
+         ((90, 2, 7, 7), [("batch", None, "NCHW")])]
 
 
 @pytest.mark.parametrize("acc_dtype", numerics.FORMATS)

@@ -41,7 +41,7 @@ from .. import algorithms, cache, plan, precision
 from ..plan import ROWS, SEGMENTS, kernel_for
 from ..targets import CpuContext
 from . import finish, rows, segments
-from .scratch import is_simd, new_scratch
+from .scratch import GATHERED_CHUNKS, is_simd, new_scratch
 
 #: below this many input bytes, one thread does the whole call (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
@@ -121,6 +121,7 @@ class Geometry:
             self.units, self.owners = view.kept_outer * self.blocks, view.kept_outer
             self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data_shape[2]
             self.units_kernel, self.two_pass_kernel = rows.row_units, rows.row_two_pass
+            self.gathered_length = 0
             self.shape = (self.lanes, view.reduced_inner, self.block)
         else:
             self.data_shape = view.view_shape
@@ -128,6 +129,7 @@ class Geometry:
             self.units, self.owners = view.group_count * self.blocks, view.group_count
             self.lane_rows, self.columns = 1, 1
             self.units_kernel, self.two_pass_kernel = segments.segment_units, segments.segment_two_pass
+            self.gathered_length = GATHERED_CHUNKS * self.lanes
             self.shape = (self.lanes, self.block)
         self.state_count = view.group_count * self.blocks
         state_bytes = self.state_count * (8 + 2 * np.dtype(self.compute_type).itemsize)
@@ -143,17 +145,18 @@ class Geometry:
             return values
         return precision.widened(values, self.input_format, self.acc_format)
 
-    def borrow_work(self, threads):
-        """``(scratches, states)`` for one call on ``threads`` threads: a finished call's where
-        one is free, new otherwise. list.pop and list.append are atomic, so two calls never get
-        the same arrays."""
+    def borrow_work(self, threads, input_dtype):
+        """``(scratches, states)`` for one call on ``threads`` threads whose kernels read
+        ``input_dtype`` (the same in every call on this geometry): a finished call's where one is
+        free, new otherwise. list.pop and list.append are atomic, so two calls never get the same
+        arrays."""
         try:
             scratches, states = self.spare.pop()
         except IndexError:
             scratches, states = [], None
         while len(scratches) < threads:
-            scratches.append(new_scratch(self.lanes, self.acc_format, self.lane_rows,
-                                         self.columns))
+            scratches.append(new_scratch(self.lanes, self.acc_format, input_dtype,
+                                         self.gathered_length, self.lane_rows, self.columns))
         if states is None:
             states = (np.empty(self.state_count, np.int64),
                       np.empty(self.state_count, self.compute_type),
@@ -180,7 +183,7 @@ class CpuTarget:
         self.geometry, self.x4 = geometry, x4
         self.data = geometry.kernel_input(x4).reshape(geometry.data_shape)
         self.threads = threads
-        self.scratches, self.states = geometry.borrow_work(threads)
+        self.scratches, self.states = geometry.borrow_work(threads, self.data.dtype)
         # what the specialization of a kernel depends on besides the contexts and modes
         self.data_key = (self.data.dtype.str, self.data.flags.writeable)
         self.ran, self.fused = 1, False

@@ -19,7 +19,10 @@ Scratch = namedtuple("Scratch", ["member_counts", "member_firsts", "member_secon
                                  "batch_counts", "batch_firsts", "batch_seconds", "warp_counts",
                                  "merge_counts", "merge_firsts", "merge_seconds", "row_counts",
                                  "rows_per_lane", "row_firsts", "row_seconds", "row_centers",
-                                 "lane_counts"])
+                                 "lane_counts", "gathered"])
+
+#: chunks of lanes the segments kernel gathers at a time from runs that end inside chunks
+GATHERED_CHUNKS = 64
 
 
 def vector_width(acc_format):
@@ -73,8 +76,9 @@ def aligned_zeros(shape, dtype, alignment=64):
     return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def new_scratch(lanes, acc_format, lane_rows=1, columns=1):
-    """One thread's Scratch (allocated by the caller, who keeps it alive: the kernels borrow it)."""
+def new_scratch(lanes, acc_format, input_dtype, gathered_length=0, lane_rows=1, columns=1):
+    """One thread's Scratch (allocated by the caller, who keeps it alive: the kernels borrow it)
+    for kernels that read ``input_dtype``."""
     width = vector_width(acc_format) if is_simd(acc_format, lanes) else 1
     compute_type = precision.COMPUTE_DTYPES[acc_format]
     lane_vectors = (width, lanes)
@@ -94,4 +98,5 @@ def new_scratch(lanes, acc_format, lane_rows=1, columns=1):
         row_firsts=np.empty((lane_rows, columns), compute_type),
         row_seconds=np.empty((lane_rows, columns), compute_type),
         row_centers=np.empty((lane_rows, columns), compute_type),
-        lane_counts=np.empty(lanes, np.int64))
+        lane_counts=np.empty(lanes, np.int64),
+        gathered=np.empty(gathered_length, input_dtype))

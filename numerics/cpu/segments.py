@@ -93,22 +93,50 @@ def _push_lanes(ctx, row, j, stop, lane, center, counts, firsts, seconds):
 
 
 @numba.njit(**INTERNAL)
-def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds):
-    """The lane states of elements start..stop-1 of group (k1, k2)."""
+def gather_elements(x4, k1, k2, i, length, gathered):
+    """Elements i .. i + length - 1 of group (k1, k2), across its runs, into gathered[:length]."""
+    reduced_inner = x4.shape[3]
+    p = i // reduced_inner
+    q = i - p * reduced_inner
+    t = 0
+    while t < length:
+        take = min(reduced_inner - q, length - t)
+        row = x4[k1, p, k2]
+        for s in range(take):
+            gathered[t + s] = row[q + s]
+        t += take
+        p += 1
+        q = 0
+
+
+@numba.njit(**INTERNAL)
+def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds, gathered):
+    """The lane states of elements start..stop-1 of group (k1, k2). A block of runs shorter than
+    a chunk of lanes (BatchNorm over 7x7 planes: runs of 49 elements against 64 lanes) is first
+    gathered, ``gathered``'s length (whole chunks) at a time: each lane then takes the same
+    elements in the same order, but as whole chunks, where every run would have been a part of a
+    chunk, pushed partly lane by lane. Longer runs are read in place: the copy then costs more
+    than the parts of chunks at their ends (docs/architecture.md 2.4)."""
     reduced_inner = x4.shape[3]
     zero = ctx.to_acc(0)
     for lane in range(lanes):
         counts[lane] = 0
         firsts[lane] = zero
         seconds[lane] = zero
+    gathering = reduced_inner < lanes and stop - start > reduced_inner
     i = start
     while i < stop:
-        p = i // reduced_inner
-        q = i - p * reduced_inner
-        end = q + min(reduced_inner - q, stop - i)
-        row = x4[k1, p, k2]
+        if gathering:
+            j, end = 0, min(stop - i, gathered.shape[0])
+            gather_elements(x4, k1, k2, i, end, gathered)
+            row = gathered
+        else:
+            p = i // reduced_inner
+            j = i - p * reduced_inner
+            end = j + min(reduced_inner - j, stop - i)
+            row = x4[k1, p, k2]
+        run_start = j
         lane = (i - start) % lanes
-        j = q
         if lane != 0:
             # the run starts inside a chunk: its first elements complete it
             head = min(end - j, lanes - lane)
@@ -123,7 +151,7 @@ def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, sec
             j += chunks * lanes
         if j < end:
             push_lanes(ctx, row, j, end, 0, center, counts, firsts, seconds)
-        i = i + end - q
+        i = i + end - run_start
 
 
 def fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
@@ -210,7 +238,7 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
             start = b * block
             block_lanes(ctx, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
                         scratch.member_counts[w], scratch.member_firsts[w],
-                        scratch.member_seconds[w])
+                        scratch.member_seconds[w], scratch.gathered)
             b += 1
             if b == blocks:
                 b = 0
