@@ -41,7 +41,7 @@ from .. import algorithms, cache, plan, precision
 from ..plan import ROWS, SEGMENTS, kernel_for
 from ..targets import CpuContext
 from . import finish, rows, segments
-from .scratch import GATHERED_CHUNKS, is_simd, new_scratch
+from .scratch import GATHERED_CHUNKS, SMALL_GROUP_CHUNKS, is_simd, new_scratch, vector_width
 
 #: below this many input bytes, one thread does the whole call (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
@@ -121,7 +121,7 @@ class Geometry:
             self.units, self.owners = view.kept_outer * self.blocks, view.kept_outer
             self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data_shape[2]
             self.units_kernel, self.two_pass_kernel = rows.row_units, rows.row_two_pass
-            self.gathered_length = 0
+            self.gathered_length = self.transposed_length = 0
             self.shape = (self.lanes, view.reduced_inner, self.block)
         else:
             self.data_shape = view.view_shape
@@ -129,7 +129,14 @@ class Geometry:
             self.units, self.owners = view.group_count * self.blocks, view.group_count
             self.lane_rows, self.columns = 1, 1
             self.units_kernel, self.two_pass_kernel = segments.segment_units, segments.segment_two_pass
-            self.gathered_length = GATHERED_CHUNKS * self.lanes
+            # runs shorter than a chunk of lanes are gathered into whole chunks, and groups of a
+            # few chunks in one block run side by side in the vector lanes (segments.py)
+            self.gathered_length = (GATHERED_CHUNKS * self.lanes
+                                    if view.reduced_inner < self.lanes else 0)
+            small = (self.vectorized and self.blocks == 1
+                     and view.group_size <= SMALL_GROUP_CHUNKS * self.lanes)
+            self.transposed_length = (vector_width(acc_format) * view.group_size if small
+                                      else 0)
             self.shape = (self.lanes, self.block)
         self.state_count = view.group_count * self.blocks
         state_bytes = self.state_count * (8 + 2 * np.dtype(self.compute_type).itemsize)
@@ -156,7 +163,8 @@ class Geometry:
             scratches, states = [], None
         while len(scratches) < threads:
             scratches.append(new_scratch(self.lanes, self.acc_format, input_dtype,
-                                         self.gathered_length, self.lane_rows, self.columns))
+                                         self.gathered_length, self.transposed_length,
+                                         self.lane_rows, self.columns))
         if states is None:
             states = (np.empty(self.state_count, np.int64),
                       np.empty(self.state_count, self.compute_type),

@@ -19,10 +19,13 @@ Scratch = namedtuple("Scratch", ["member_counts", "member_firsts", "member_secon
                                  "batch_counts", "batch_firsts", "batch_seconds", "warp_counts",
                                  "merge_counts", "merge_firsts", "merge_seconds", "row_counts",
                                  "rows_per_lane", "row_firsts", "row_seconds", "row_centers",
-                                 "lane_counts", "gathered"])
+                                 "lane_counts", "gathered", "transposed", "member_centers"])
 
 #: chunks of lanes the segments kernel gathers at a time from runs that end inside chunks
 GATHERED_CHUNKS = 64
+#: groups of at most this many chunks of lanes in one block run side by side in the vector lanes
+#: of the segments kernel (segments.small_batch)
+SMALL_GROUP_CHUNKS = 4
 
 
 def vector_width(acc_format):
@@ -76,7 +79,8 @@ def aligned_zeros(shape, dtype, alignment=64):
     return raw[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def new_scratch(lanes, acc_format, input_dtype, gathered_length=0, lane_rows=1, columns=1):
+def new_scratch(lanes, acc_format, input_dtype, gathered_length=0, transposed_length=0,
+                lane_rows=1, columns=1):
     """One thread's Scratch (allocated by the caller, who keeps it alive: the kernels borrow it)
     for kernels that read ``input_dtype``."""
     width = vector_width(acc_format) if is_simd(acc_format, lanes) else 1
@@ -99,4 +103,6 @@ def new_scratch(lanes, acc_format, input_dtype, gathered_length=0, lane_rows=1, 
         row_seconds=np.empty((lane_rows, columns), compute_type),
         row_centers=np.empty((lane_rows, columns), compute_type),
         lane_counts=np.empty(lanes, np.int64),
-        gathered=np.empty(gathered_length, input_dtype))
+        gathered=np.empty(gathered_length, input_dtype),
+        transposed=np.empty(transposed_length, input_dtype),
+        member_centers=np.empty(width, compute_type))

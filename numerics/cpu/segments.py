@@ -111,19 +111,20 @@ def gather_elements(x4, k1, k2, i, length, gathered):
 
 @numba.njit(**INTERNAL)
 def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds, gathered):
-    """The lane states of elements start..stop-1 of group (k1, k2). A block of runs shorter than
-    a chunk of lanes (BatchNorm over 7x7 planes: runs of 49 elements against 64 lanes) is first
-    gathered, ``gathered``'s length (whole chunks) at a time: each lane then takes the same
-    elements in the same order, but as whole chunks, where every run would have been a part of a
-    chunk, pushed partly lane by lane. Longer runs are read in place: the copy then costs more
-    than the parts of chunks at their ends (docs/architecture.md 2.4)."""
+    """The lane states of elements start..stop-1 of group (k1, k2). Where the caller gives a
+    ``gathered`` buffer (whole chunks of lanes: runs shorter than a chunk, such as BatchNorm's
+    runs of 49 elements over 7x7 planes against 64 lanes), a block of several runs is first
+    copied into it, its length at a time: each lane then takes the same elements in the same
+    order, but as whole chunks, where every run would have been a part of a chunk, pushed partly
+    lane by lane. Longer runs are read in place: the copy then costs more than the parts of
+    chunks at their ends (docs/architecture.md 2.4)."""
     reduced_inner = x4.shape[3]
     zero = ctx.to_acc(0)
     for lane in range(lanes):
         counts[lane] = 0
         firsts[lane] = zero
         seconds[lane] = zero
-    gathering = reduced_inner < lanes and stop - start > reduced_inner
+    gathering = gathered.shape[0] > 0 and stop - start > reduced_inner
     i = start
     while i < stop:
         if gathering:
@@ -199,6 +200,57 @@ def gather_member(folded, w, lanes, width, member_firsts, member_seconds, batch_
             batch_seconds[t, w] = member_seconds[w, t]
 
 
+def small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
+    """The lane states of ``members`` whole groups from (k1, k2) on, each in one block of a few
+    chunks of lanes, straight into the batch (lane t of group w at scratch.batch_*[t, w]): the
+    groups' elements are first copied side by side (element i of group w at
+    scratch.transposed[i * width + w]), so that vector lane w streams group w. Each lane takes the
+    same elements in the same order as in block_lanes; what a small group no longer pays is what
+    a large one pays per block: zeroing its lanes and moving their states across into the batch
+    one by one (docs/architecture.md 2.4)."""
+    raise NotImplementedError("small_batch runs in compiled code only")
+
+
+@overload(small_batch, jit_options=INTERNAL)
+def _small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
+    if not ctx.vectorized:
+        # the scalar path gets no transposed buffer (numerics.cpu.Geometry): never called
+        return lambda ctx, x4, centers, k1, k2, members, lanes, scratch: None
+    width = width_of(ctx)
+
+    def run(ctx, x4, centers, k1, k2, members, lanes, scratch):
+        reduced_outer, kept_inner, reduced_inner = x4.shape[1], x4.shape[2], x4.shape[3]
+        size = reduced_outer * reduced_inner
+        transposed, member_centers = scratch.transposed, scratch.member_centers
+        for w in range(width):
+            # a vector lane of no group repeats group 0 (its states are never read)
+            group_k1, group_k2 = (k1, k2) if w < members else (0, 0)
+            member_centers[w] = centers[group_k1, group_k2]
+            for p in range(reduced_outer):
+                row = x4[group_k1, p, group_k2]
+                for q in range(reduced_inner):
+                    transposed[(p * reduced_inner + q) * width + w] = row[q]
+            if w < members:
+                k2 += 1
+                if k2 == kept_inner:
+                    k2 = 0
+                    k1 += 1
+        center = simd.load(member_centers, 0, width)
+        zero = simd.splat(ctx.to_acc(0), width)
+        firsts = simd.as_vectors(scratch.batch_firsts, width)
+        seconds = simd.as_vectors(scratch.batch_seconds, width)
+        # a lane's few elements in turn: at most SMALL_GROUP_CHUNKS dependent pushes
+        for t in range(lanes):
+            count, first, second = 0, zero, zero
+            for i in range(t, size, lanes):
+                count, first, second = ctx.push(count, center, first, second,
+                                                load_vector(ctx, transposed, i * width))
+            scratch.batch_counts[t] = count
+            firsts[t] = first
+            seconds[t] = second
+    return run
+
+
 @cache.cached(nogil=True)
 def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, unit_counts,
                   unit_firsts, unit_seconds):
@@ -233,36 +285,47 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
             members = min(width, unit_hi - unit, blocks - 1 - b)
         else:
             members = 1
-        folded = -1
-        for w in range(members):
-            start = b * block
-            block_lanes(ctx, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
-                        scratch.member_counts[w], scratch.member_firsts[w],
-                        scratch.member_seconds[w], scratch.gathered)
-            b += 1
-            if b == blocks:
-                b = 0
+        if scratch.transposed.shape[0] > 0:
+            # groups of one small block each (the caller's choice: numerics.cpu.Geometry)
+            small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch)
+            padded = False
+            for w in range(members):
                 k2 += 1
                 if k2 == kept_inner:
                     k2 = 0
                     k1 += 1
-            folded = fold_vectors(ctx, scratch.member_counts[w], scratch.member_firsts[w],
-                                  scratch.member_seconds[w], lanes, scratch.warp_counts)
-            if folded >= 0 and not padded:
-                scratch.batch_counts[:] = 0
-                scratch.batch_firsts[:] = -0.0
-                scratch.batch_seconds[:] = -0.0
-            padded = folded >= 0
-            gather_member(folded, w, lanes, width, scratch.member_firsts,
-                          scratch.member_seconds, scratch.batch_firsts, scratch.batch_seconds)
-        if folded >= 0:
-            for base in range(0, lanes, warp_lanes):
-                scratch.batch_counts[base:base + width] = folded
         else:
-            # a loop, not an array assignment: that would compile numba's shape-mismatch error
-            # message, seconds of compilation (docs/architecture.md section 2.7)
-            for t in range(lanes):
-                scratch.batch_counts[t] = scratch.member_counts[0, t]
+            folded = -1
+            for w in range(members):
+                start = b * block
+                block_lanes(ctx, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
+                            scratch.member_counts[w], scratch.member_firsts[w],
+                            scratch.member_seconds[w], scratch.gathered)
+                b += 1
+                if b == blocks:
+                    b = 0
+                    k2 += 1
+                    if k2 == kept_inner:
+                        k2 = 0
+                        k1 += 1
+                folded = fold_vectors(ctx, scratch.member_counts[w], scratch.member_firsts[w],
+                                      scratch.member_seconds[w], lanes, scratch.warp_counts)
+                if folded >= 0 and not padded:
+                    scratch.batch_counts[:] = 0
+                    scratch.batch_firsts[:] = -0.0
+                    scratch.batch_seconds[:] = -0.0
+                padded = folded >= 0
+                gather_member(folded, w, lanes, width, scratch.member_firsts,
+                              scratch.member_seconds, scratch.batch_firsts,
+                              scratch.batch_seconds)
+            if folded >= 0:
+                for base in range(0, lanes, warp_lanes):
+                    scratch.batch_counts[base:base + width] = folded
+            else:
+                # a loop, not an array assignment: that would compile numba's shape-mismatch
+                # error message, seconds of compilation (docs/architecture.md section 2.7)
+                for t in range(lanes):
+                    scratch.batch_counts[t] = scratch.member_counts[0, t]
         merge_batch(ctx, scratch.batch_counts, scratch.batch_firsts, scratch.batch_seconds,
                     members, scratch, unit_counts[unit:], unit_firsts[unit:],
                     unit_seconds[unit:])
