@@ -14,7 +14,8 @@ algorithms.py run on those vectors unchanged. A vector only ever holds lanes wit
 and Chan's weights stay scalars. The lane trees run on vectors too, across ``W`` units (segments)
 or ``W`` groups (rows) whose lanes hold the same counts. The scalar path (16-bit accumulators,
 which are emulated with a rounding after each operation, and topologies with fewer lanes than a
-vector) runs the same skeleton one lane at a time.
+vector) runs the same skeleton one lane at a time, on its input widened to the compute type
+(``Geometry.kernel_input``), so that its kernels depend on the accumulator format alone.
 
 Every kernel is a module-level function whose first argument, a targets.CpuContext, names its
 specialization (rule family, formats, vector or scalar path): numba compiles and caches one version

@@ -4,7 +4,10 @@ side by side (``W`` adjacent lanes of a chunk are one vector on the vector path)
 
 A unit is one block of one group (unit = group * blocks + block index). A batch of consecutive
 units whose lanes hold the same counts runs the lane tree together, the ``W`` units side by side
-in a vector (numerics.cpu.streaming.merge_batch).
+in a vector (numerics.cpu.streaming.merge_batch). Two layouts of the same order spare small
+runs and small groups their per-run and per-block costs: runs shorter than a chunk are gathered
+into whole chunks (block_lanes), and groups of a few chunks stream side by side, one per vector
+lane, straight into the batch (small_batch).
 """
 import numba
 from numba.extending import overload
