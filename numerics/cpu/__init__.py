@@ -42,7 +42,8 @@ from .. import algorithms, cache, plan, precision
 from ..plan import ROWS, SEGMENTS, kernel_for
 from ..targets import CpuContext
 from . import finish, rows, segments
-from .scratch import GATHERED_CHUNKS, SMALL_GROUP_CHUNKS, is_simd, new_scratch, vector_width
+from .scratch import (GATHERED_CHUNKS, GATHERED_RUN_CHUNKS, SMALL_GROUP_CHUNKS, is_simd,
+                      new_scratch, vector_width)
 
 #: below this many input bytes, one thread does the whole call (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
@@ -130,10 +131,12 @@ class Geometry:
             self.units, self.owners = view.group_count * self.blocks, view.group_count
             self.lane_rows, self.columns = 1, 1
             self.units_kernel, self.two_pass_kernel = segments.segment_units, segments.segment_two_pass
-            # runs shorter than a chunk of lanes are gathered into whole chunks, and groups of a
-            # few chunks in one block run side by side in the vector lanes (segments.py)
-            self.gathered_length = (GATHERED_CHUNKS * self.lanes
-                                    if view.reduced_inner < self.lanes else 0)
+            # short runs that end inside chunks of lanes are gathered into whole chunks, and
+            # groups of a few chunks in one block run side by side in the vector lanes
+            # (segments.py)
+            gathers = (view.reduced_inner % self.lanes != 0
+                       and view.reduced_inner < GATHERED_RUN_CHUNKS * self.lanes)
+            self.gathered_length = GATHERED_CHUNKS * self.lanes if gathers else 0
             small = (self.vectorized and self.blocks == 1
                      and view.group_size <= SMALL_GROUP_CHUNKS * self.lanes)
             self.transposed_length = (vector_width(acc_format) * view.group_size if small

@@ -23,6 +23,8 @@ Scratch = namedtuple("Scratch", ["member_counts", "member_firsts", "member_secon
 
 #: chunks of lanes the segments kernel gathers at a time from runs that end inside chunks
 GATHERED_CHUNKS = 64
+#: runs that end inside chunks are gathered when shorter than this many chunks of lanes
+GATHERED_RUN_CHUNKS = 16
 #: groups of at most this many chunks of lanes in one block run side by side in the vector lanes
 #: of the segments kernel (segments.small_batch)
 SMALL_GROUP_CHUNKS = 4

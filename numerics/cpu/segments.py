@@ -4,10 +4,10 @@ side by side (``W`` adjacent lanes of a chunk are one vector on the vector path)
 
 A unit is one block of one group (unit = group * blocks + block index). A batch of consecutive
 units whose lanes hold the same counts runs the lane tree together, the ``W`` units side by side
-in a vector (numerics.cpu.streaming.merge_batch). Two layouts of the same order spare small
-runs and small groups their per-run and per-block costs: runs shorter than a chunk are gathered
-into whole chunks (block_lanes), and groups of a few chunks stream side by side, one per vector
-lane, straight into the batch (small_batch).
+in a vector (numerics.cpu.streaming.merge_batch). Two layouts of the same order spare short
+runs and small groups their per-run and per-block costs: short runs that end inside chunks are
+gathered into whole chunks (block_lanes), and groups of a few chunks stream side by side, one per
+vector lane, straight into the batch (small_batch).
 """
 import numba
 from numba.extending import overload
@@ -18,6 +18,8 @@ from ..topology import WARP_SIZE, merge_blocks, merge_lanes
 from .scratch import vectors_in_flight, width_of
 from .streaming import load_vector, merge_batch, stream_vectors
 
+#: elements per vector copy of gather_elements
+COPY_WIDTH = 8
 #: two-pass rules: groups whose two passes run back to back, about this many input bytes at a
 #: time (a share of the core's L2; larger groups go one by one, pass 2 then comes from L3)
 FUSED_BYTES = 256 * 1024
@@ -105,7 +107,11 @@ def gather_elements(x4, k1, k2, i, length, gathered):
     while t < length:
         take = min(reduced_inner - q, length - t)
         row = x4[k1, p, k2]
-        for s in range(take):
+        s = 0
+        while s + COPY_WIDTH <= take:
+            simd.store(gathered, t + s, simd.load(row, q + s, COPY_WIDTH))
+            s += COPY_WIDTH
+        for s in range(s, take):
             gathered[t + s] = row[q + s]
         t += take
         p += 1
@@ -115,12 +121,12 @@ def gather_elements(x4, k1, k2, i, length, gathered):
 @numba.njit(**INTERNAL)
 def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds, gathered):
     """The lane states of elements start..stop-1 of group (k1, k2). Where the caller gives a
-    ``gathered`` buffer (whole chunks of lanes: runs shorter than a chunk, such as BatchNorm's
-    runs of 49 elements over 7x7 planes against 64 lanes), a block of several runs is first
-    copied into it, its length at a time: each lane then takes the same elements in the same
-    order, but as whole chunks, where every run would have been a part of a chunk, pushed partly
-    lane by lane. Longer runs are read in place: the copy then costs more than the parts of
-    chunks at their ends (docs/architecture.md 2.4)."""
+    ``gathered`` buffer (whole chunks of lanes: short runs that end inside chunks, such as
+    BatchNorm's runs of 49 and 196 elements over 7x7 and 14x14 planes against 64 lanes), a block
+    of several runs is first copied into it, its length at a time: each lane then takes the same
+    elements in the same order, but as whole chunks, where every run would have begun and ended
+    with parts of chunks, pushed partly lane by lane. Longer runs are read in place: the copy then
+    costs more than the parts of chunks at their ends (docs/architecture.md 2.4)."""
     reduced_inner = x4.shape[3]
     zero = ctx.to_acc(0)
     for lane in range(lanes):
