@@ -134,11 +134,11 @@ class Geometry:
             # short runs that end inside chunks of lanes are gathered into whole chunks, and
             # groups of a few chunks in one block run side by side in the vector lanes
             # (segments.py)
-            gathers = (view.reduced_inner % self.lanes != 0
-                       and view.reduced_inner < GATHERED_RUN_CHUNKS * self.lanes)
-            self.gathered_length = GATHERED_CHUNKS * self.lanes if gathers else 0
             small = (self.vectorized and self.blocks == 1
                      and view.group_size <= SMALL_GROUP_CHUNKS * self.lanes)
+            gathers = (not small and view.reduced_inner % self.lanes != 0
+                       and view.reduced_inner < GATHERED_RUN_CHUNKS * self.lanes)
+            self.gathered_length = GATHERED_CHUNKS * self.lanes if gathers else 0
             self.transposed_length = (vector_width(acc_format) * view.group_size if small
                                       else 0)
             self.shape = (self.lanes, self.block)

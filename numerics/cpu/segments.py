@@ -211,12 +211,12 @@ def gather_member(folded, w, lanes, width, member_firsts, member_seconds, batch_
 
 def small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
     """The lane states of ``members`` whole groups from (k1, k2) on, each in one block of a few
-    chunks of lanes, straight into the batch (lane t of group w at scratch.batch_*[t, w]): the
-    groups' elements are first copied side by side (element i of group w at
-    scratch.transposed[i * width + w]), so that vector lane w streams group w. Each lane takes the
-    same elements in the same order as in block_lanes; what a small group no longer pays is what
-    a large one pays per block: zeroing its lanes and moving their states across into the batch
-    one by one (docs/architecture.md 2.4)."""
+    chunks of lanes, straight into the batch (lane t of group w at scratch.batch_*[t, w]);
+    returns the (k1, k2) of the group after them. The groups' elements are first copied side by
+    side (element i of group w at scratch.transposed[i * width + w]), so that vector lane w
+    streams group w. Each lane takes the same elements in the same order as in block_lanes; what
+    a small group no longer pays is what a large one pays per block: zeroing its lanes and moving
+    their states across into the batch one by one (docs/architecture.md 2.4)."""
     raise NotImplementedError("small_batch runs in compiled code only")
 
 
@@ -224,7 +224,7 @@ def small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
 def _small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
     if not ctx.vectorized:
         # the scalar path gets no transposed buffer (numerics.cpu.Geometry): never called
-        return lambda ctx, x4, centers, k1, k2, members, lanes, scratch: None
+        return lambda ctx, x4, centers, k1, k2, members, lanes, scratch: (k1, k2)
     width = width_of(ctx)
 
     def run(ctx, x4, centers, k1, k2, members, lanes, scratch):
@@ -257,6 +257,7 @@ def _small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
             scratch.batch_counts[t] = count
             firsts[t] = first
             seconds[t] = second
+        return k1, k2
     return run
 
 
@@ -296,13 +297,8 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
             members = 1
         if scratch.transposed.shape[0] > 0:
             # groups of one small block each (the caller's choice: numerics.cpu.Geometry)
-            small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch)
+            k1, k2 = small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch)
             padded = False
-            for w in range(members):
-                k2 += 1
-                if k2 == kept_inner:
-                    k2 = 0
-                    k1 += 1
         else:
             folded = -1
             for w in range(members):
