@@ -308,17 +308,17 @@ def cpu_fast_sums(x4):
         shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
         parts = -(-reduced_outer // (ITEM_BLOCKS * COLUMN_BLOCK))
         first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
-        threads = cpu.run_split(_columns_partials, ("columns", x4.dtype.str), kept_outer * parts,
-                                (x4, shifts),
-                                [np.empty((ITEM_BLOCKS, 2, kept_inner)) for _ in range(threads)],
-                                (first_sums, second_sums))
+        threads, _ = cpu.run_split(_columns_partials, ("columns", x4.dtype.str),
+                                   kept_outer * parts, (x4, shifts),
+                                   [np.empty((ITEM_BLOCKS, 2, kept_inner)) for _ in range(threads)],
+                                   (first_sums, second_sums))
     else:
         shifts = np.empty(groups)  # stored by the kernel
         parts = -(-(reduced_outer * reduced_inner) // BLOCK)
         first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
-        threads = cpu.run_split(_rows_partials, ("rows", x4.dtype.str), groups * parts,
-                                (x4, shifts, parts), [np.empty(0) for _ in range(threads)],
-                                (first_sums, second_sums))
+        threads, _ = cpu.run_split(_rows_partials, ("rows", x4.dtype.str), groups * parts,
+                                   (x4, shifts, parts), [np.empty(0) for _ in range(threads)],
+                                   (first_sums, second_sums))
     depth = item_depth(reduced_inner) + tree_depth(parts)
     return (shifts, cache.call(pairwise_totals, "totals", first_sums),
             cache.call(pairwise_totals, "totals", second_sums), depth, threads)

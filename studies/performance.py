@@ -704,7 +704,9 @@ def latency_section(frame):
              f"native call: `native_layer_norm`, `native_group_norm` with 32 groups, "
              f"`native_batch_norm` in training) and `torch.var_mean` over the same groups; "
              f"median of calls taken in turn in the same process, threads set alike for numba "
-             f"and torch. ratio = numerics / PyTorch layer; target ≤ 1. "
+             f"and torch (numerics runs on as many as its measured work pays for, and after "
+             f"PyTorch's calls it shares the cores with PyTorch's spinning OpenMP threads: "
+             f"docs/architecture.md section 2.8). ratio = numerics / PyTorch layer; target ≤ 1. "
              f"{met} of {len(frame)} cells meet it."]
     for cause, explanation in LATENCY_CAUSES.items():
         count = int((causes == cause).sum())

@@ -50,10 +50,12 @@ def test_reused_work_arrays_never_change_a_result(case, algorithm):
         assert not np.shares_memory(again.var, earlier.var)
 
 
-def test_threaded_tensor_uses_the_pool_and_matches_one_thread():
+def test_threaded_tensor_uses_the_pool_and_matches_one_thread(monkeypatch):
     case = CASES[-1]
     x = inputs(case[0], 1)[0]
     assert x.nbytes >= cpu.THREADED_BYTES
+    # every measured call pays for every thread
+    monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e-12)
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -66,6 +68,34 @@ def test_threaded_tensor_uses_the_pool_and_matches_one_thread():
     assert dict(two.run.details)["threads"] == 2
     assert_bitwise_equal(two.mean, one.mean)
     assert_bitwise_equal(two.var, one.var)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_threads_follow_the_input_size_first_then_the_measured_work(monkeypatch):
+    """The first call on a geometry threads from THREADED_BYTES on; later calls run one thread
+    per THREAD_WORK_SECONDS of the work the previous call measured; the bits never change."""
+    case = CASES[-1]
+    small, large = (8, 64, 8, 8), case[0]
+    previous = numba.get_num_threads()
+    cpu.geometry_of.cache_clear()
+    try:
+        numba.set_num_threads(2)
+        x_small, x_large = inputs(small, 1)[0], inputs(large, 1)[0]
+        assert x_small.nbytes < cpu.THREADED_BYTES <= x_large.nbytes
+        assert dict(call(x_small, (small, *case[1:])).run.details)["threads"] == 1
+        first = call(x_large, case)
+        assert dict(first.run.details)["threads"] == 2
+        monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e3)
+        light = call(x_large, case)
+        monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e-12)
+        heavy = call(x_large, case)
+    finally:
+        numba.set_num_threads(previous)
+    assert dict(light.run.details)["threads"] == 1
+    assert dict(heavy.run.details)["threads"] == 2
+    for result in (light, heavy):
+        assert_bitwise_equal(result.mean, first.mean)
+        assert_bitwise_equal(result.var, first.var)
 
 
 def test_python_threads_calling_at_once_get_their_own_results():

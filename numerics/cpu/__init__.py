@@ -28,11 +28,16 @@ right after pass 1, from cache where it fits.
 
 A call's fixed cost is kept small for small tensors: what the view, rule, topology and formats
 decide is computed once (``Geometry``), each call borrows the work arrays a finished call gave
-back, a tensor under THREADED_BYTES runs on the calling thread alone, and the contexts carry
-their numba types (numerics.targets), so a kernel call types its arguments in C.
+back, and the contexts carry their numba types (numerics.targets), so a kernel call types its
+arguments in C. Threads cost a call a wake-up of each and of the caller at the end, tens of
+microseconds each, so a call uses only as many threads as its work pays for: the first call on a
+geometry threads from THREADED_BYTES of input on, later ones give each thread at least
+THREAD_WORK_SECONDS of the work the previous call's kernels measured (``Geometry.threads_for``).
+Which thread runs what never changes a result, so this choice changes only the time.
 """
 import functools
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -45,8 +50,13 @@ from . import finish, rows, segments
 from .scratch import (GATHERED_CHUNKS, GATHERED_RUN_CHUNKS, SMALL_GROUP_CHUNKS, is_simd,
                       new_scratch, vector_width)
 
-#: below this many input bytes, one thread does the whole call (dispatch costs more than it saves)
+#: the first call on a geometry runs on the calling thread alone below this many input bytes
+#: (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
+#: later calls give each thread at least this much of the kernels' work (seconds of kernel time
+#: summed over the threads of the previous call): waking a pool thread and waking the caller when
+#: it is done cost 50-90 us a call on the 2-core machine (docs/architecture.md section 2.8)
+THREAD_WORK_SECONDS = 150e-6
 #: unit states up to this many bytes are kept for the next call of the same geometry; larger ones
 #: (as many states as elements when groups are tiny) are allocated per call
 KEPT_STATE_BYTES = 1 << 18
@@ -78,19 +88,26 @@ def run_split(kernel, key, items, leading, scratches, outputs):
     ``len(scratches)`` contiguous ranges, one per thread with its own scratch: this thread runs the
     first range, the pool the others (the kernels release the GIL). Which thread runs which range
     never changes a result: every unit's state is computed and stored on its own. ``key`` names
-    the specialization (numerics.cache.call). Returns how many threads ran."""
+    the specialization (numerics.cache.call). Returns how many threads ran and the seconds their
+    kernels took, summed (the call's work, less the dispatch)."""
     threads = max(1, min(len(scratches), items))
     bounds = [items * t // threads for t in range(threads + 1)]
     futures = ([] if threads == 1 else
-               [worker_pool(threads - 1).submit(cache.call, kernel, key, *leading, bounds[t],
+               [worker_pool(threads - 1).submit(timed_call, kernel, key, *leading, bounds[t],
                                                 bounds[t + 1], scratches[t], *outputs)
                 for t in range(1, threads)])
     try:
-        cache.call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)
+        work = timed_call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)
     finally:
-        for future in futures:
-            future.result()
-    return threads
+        pool_work = [future.result() for future in futures]
+    return threads, work + sum(pool_work)
+
+
+def timed_call(kernel, key, *arguments):
+    """Seconds that ``cache.call(kernel, key, *arguments)`` took."""
+    begin = time.perf_counter()
+    cache.call(kernel, key, *arguments)
+    return time.perf_counter() - begin
 
 
 class Geometry:
@@ -146,6 +163,17 @@ class Geometry:
         state_bytes = self.state_count * (8 + 2 * np.dtype(self.compute_type).itemsize)
         self.keeps_states = state_bytes <= KEPT_STATE_BYTES
         self.spare = []
+        #: seconds of kernel time the last finished call took, summed over its threads
+        self.work_seconds = None
+
+    def threads_for(self, nbytes):
+        """How many threads a call on ``nbytes`` of input runs on: all of numba's where the first
+        call's input reaches THREADED_BYTES, then one per THREAD_WORK_SECONDS of the last call's
+        measured work, at most numba's thread count."""
+        if self.work_seconds is None:
+            return numba.get_num_threads() if nbytes >= THREADED_BYTES else 1
+        paid_for = int(self.work_seconds / THREAD_WORK_SECONDS)
+        return 1 if paid_for < 2 else min(paid_for, numba.get_num_threads())
 
     def kernel_input(self, values):
         """What the kernels of this geometry read of ``values`` (part of a canonical view): the
@@ -198,9 +226,11 @@ class CpuTarget:
         self.scratches, self.states = geometry.borrow_work(threads, self.data.dtype)
         # what the specialization of a kernel depends on besides the contexts and modes
         self.data_key = (self.data.dtype.str, self.data.flags.writeable)
-        self.ran, self.fused = 1, False
+        self.ran, self.fused, self.work = 1, False, 0.0
 
     def release(self):
+        if self.work:
+            self.geometry.work_seconds = self.work
         self.geometry.give_back(self.scratches, self.states)
 
     def zero_centers(self):
@@ -221,10 +251,10 @@ class CpuTarget:
         """One pass, whatever the plan's ``mode``: the two-pass rules' context is already the
         centered sums', and pass one's centers are zeros."""
         geometry = self.geometry
-        ran = run_split(geometry.units_kernel, (geometry.ctx,) + self.data_key, geometry.units,
-                        (geometry.ctx, self.data, centers, *geometry.shape),
-                        self.scratches[:self.threads], self.states)
-        self.ran = max(self.ran, ran)
+        ran, work = run_split(geometry.units_kernel, (geometry.ctx,) + self.data_key,
+                              geometry.units, (geometry.ctx, self.data, centers, *geometry.shape),
+                              self.scratches[:self.threads], self.states)
+        self.ran, self.work = max(self.ran, ran), self.work + work
 
     def both_passes(self, centers):
         """Both passes fused when every thread can own whole groups (slices): pass 2 re-reads a
@@ -236,9 +266,10 @@ class CpuTarget:
             return None
         if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
             return None
-        self.ran = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key, owners,
-                             (geometry.ctx, self.data, centers, *geometry.shape),
-                             self.scratches[:threads], self.states)
+        self.ran, self.work = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key,
+                                        owners, (geometry.ctx, self.data, centers,
+                                                 *geometry.shape),
+                                        self.scratches[:threads], self.states)
         self.fused = True
         return centers
 
@@ -263,8 +294,7 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
     compute type, in new arrays; details say how many threads ran and whether the two passes
     were fused."""
     geometry = geometry_of(view, algorithm, topology, input_format, acc_format)
-    threads = numba.get_num_threads() if x4.nbytes >= THREADED_BYTES else 1
-    target = CpuTarget(geometry, x4, threads)
+    target = CpuTarget(geometry, x4, geometry.threads_for(x4.nbytes))
     try:
         means, variances = plan.run(geometry.rule, target, ddof)
     finally:
@@ -273,4 +303,5 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
                                                ("fused_two_pass", target.fused))
 
 
-__all__ = ["moments", "CpuTarget", "Geometry", "THREADED_BYTES", "SEGMENTS", "ROWS"]
+__all__ = ["moments", "CpuTarget", "Geometry", "THREADED_BYTES", "THREAD_WORK_SECONDS", "SEGMENTS",
+           "ROWS"]
