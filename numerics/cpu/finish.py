@@ -16,7 +16,8 @@ def pass_one_means(ctx, blocks, unit_counts, unit_firsts, unit_seconds, centers)
     flat = centers.reshape(-1)
     for group in range(flat.shape[0]):
         unit = group * blocks
-        merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
+        if blocks > 1:  # see finalize_all
+            merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
         flat[group] = algorithms.pass_one_mean(ctx, unit_counts[unit], unit_firsts[unit])
 
 
@@ -26,7 +27,11 @@ def finalize_all(ctx, algorithm, blocks, unit_counts, unit_firsts, unit_seconds,
     flat_centers = centers.reshape(-1)
     for group in range(means.shape[0]):
         unit = group * blocks
-        merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
+        # a group of one block has nothing to merge, and the call alone (with its three array
+        # views) cost 25-40 ns a group: the whole finalize of many small groups
+        # (docs/architecture.md, section 2.8)
+        if blocks > 1:
+            merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
         means[group], variances[group] = algorithms.finalize(ctx, algorithm, unit_counts[unit],
                                                              flat_centers[group],
                                                              unit_firsts[unit],

@@ -214,8 +214,9 @@ def row_two_pass(ctx, x3, centers, lanes, reduced_inner, block, slice_lo, slice_
                   scratch, unit_counts, unit_firsts, unit_seconds)
         for k2 in range(kept_inner):
             first_unit = (k1 * kept_inner + k2) * blocks
-            merge_blocks(ctx, unit_counts[first_unit:], unit_firsts[first_unit:],
-                         unit_seconds[first_unit:], blocks)
+            if blocks > 1:  # see finish.finalize_all
+                merge_blocks(ctx, unit_counts[first_unit:], unit_firsts[first_unit:],
+                             unit_seconds[first_unit:], blocks)
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
         row_units(ctx, x3, centers, lanes, reduced_inner, block, k1 * blocks, (k1 + 1) * blocks,

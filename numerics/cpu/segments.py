@@ -356,8 +356,9 @@ def segment_two_pass(ctx, x4, centers, lanes, block, group_lo, group_hi, scratch
             k1 = group // kept_inner
             k2 = group - k1 * kept_inner
             first_unit = group * blocks
-            merge_blocks(ctx, unit_counts[first_unit:], unit_firsts[first_unit:],
-                         unit_seconds[first_unit:], blocks)
+            if blocks > 1:  # see finish.finalize_all
+                merge_blocks(ctx, unit_counts[first_unit:], unit_firsts[first_unit:],
+                             unit_seconds[first_unit:], blocks)
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
         segment_units(ctx, x4, centers, lanes, block, chunk_lo * blocks, chunk_hi * blocks,
