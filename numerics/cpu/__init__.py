@@ -266,10 +266,10 @@ class CpuTarget:
             return None
         if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
             return None
-        self.ran, self.work = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key,
-                                        owners, (geometry.ctx, self.data, centers,
-                                                 *geometry.shape),
-                                        self.scratches[:threads], self.states)
+        self.ran, work = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key,
+                                   owners, (geometry.ctx, self.data, centers, *geometry.shape),
+                                   self.scratches[:threads], self.states)
+        self.work += work
         self.fused = True
         return centers
 
