@@ -9,7 +9,12 @@ It also writes the bytecode of exactly those modules. `make install` runs pip wi
 (TensorFlow, PyTorch and JAX ship most of them), about two minutes on two cores, most of which
 nothing here ever imports. Importing what the project imports writes the bytecode of what it needs
 (Python writes it on import unless PYTHONDONTWRITEBYTECODE is set, so the Makefile unsets it for
-this one command). Exits 1, naming what is missing, when a module cannot be imported.
+this one command). numba imports most of its own implementation modules (and SciPy's BLAS
+bindings) only at its first compilation, so the check also compiles a one-line function: in an
+environment that sets PYTHONDONTWRITEBYTECODE, every process's first `numerics.moments` call
+would otherwise compile those modules from source again (0.4 to 1.2 s of a 5 to 6 s first call,
+docs/architecture.md section 2.7). Exits 1, naming what is missing, when a module cannot be
+imported.
 """
 import importlib
 import sys
@@ -21,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 #: what the package, studies, tests and notebooks import besides the frameworks' own modules
 #: (numerics.implementations lists those)
 PROJECT_MODULES = (
-    "numerics", "numerics.gpu", "numerics.gpu_compile", "studies", "studies.run_all",
-    "numpy", "numba", "numba.cuda", "llvmlite", "mpmath", "ml_dtypes", "pandas", "pyarrow",
-    "matplotlib.pyplot", "dask.distributed", "tqdm", "sklearn.datasets",
-    "pytest", "xdist", "hypothesis", "nbclient", "nbformat", "ipykernel.kernelapp",
+    "numerics", "numerics.cpu", "numerics.gpu", "numerics.gpu_compile", "studies",
+    "studies.run_all", "numpy", "numba", "numba.cuda", "llvmlite", "mpmath", "ml_dtypes", "pandas",
+    "pyarrow", "matplotlib.pyplot", "dask.distributed", "tqdm", "sklearn.datasets", "pytest",
+    "xdist", "hypothesis", "nbclient", "nbformat", "ipykernel.kernelapp",
 )
 
 
@@ -51,6 +56,8 @@ def unimportable(modules):
 
 def main():
     missing = unimportable(dict.fromkeys(PROJECT_MODULES, ""))
+    if "numba" in sys.modules:
+        sys.modules["numba"].njit(lambda: 0)()  # numba's first compilation: see the docstring
     if "numerics" in sys.modules:  # the registry names the frameworks' modules
         missing += unimportable(framework_modules())
     if missing:
