@@ -107,3 +107,27 @@ def test_a_bandwidth_miss_is_named_by_its_measured_headroom():
     assert "**undecided: faster than in cache** (1 cell; headroom 0.3;" in text
     assert "**undecided: the L3 may limit the measure** (1 cell; headroom 1.5;" in text
     assert "**the reading of memory (per-block work, prefetch)** (1 cell; headroom 3.0;" in text
+
+
+def test_a_slope_is_timed_again_while_the_larger_call_is_not_the_slower(monkeypatch):
+    """in_cache_bench.measured_slopes: a measure whose larger tensor did not take longer gives no
+    slope (NaN), and the cell is timed again, up to SLOPE_MEASURES times in all."""
+    import numpy as np
+
+    from studies import in_cache_bench, performance
+
+    small, large = np.zeros(100), np.zeros(300)
+
+    def measures_of(*medians):
+        rounds = iter(medians)
+        monkeypatch.setattr(performance, "interleaved_medians",
+                            lambda calls, seconds: (next(rounds), 7))
+        return in_cache_bench.measured_slopes(small, large, {}, 0.1, [("small", "large")])
+
+    inverted, right = {"small": 2.0, "large": 1.0}, {"small": 1.0, "large": 3.0}
+    _, calls, (rate,), measures = measures_of(inverted, inverted, right)
+    assert (rate, measures, calls) == (100.0, 3, 7)
+    _, _, (rate,), measures = measures_of(right, inverted)
+    assert (rate, measures) == (100.0, 1)
+    _, _, (rate,), measures = measures_of(*[inverted] * in_cache_bench.SLOPE_MEASURES)
+    assert np.isnan(rate) and measures == in_cache_bench.SLOPE_MEASURES
