@@ -29,6 +29,7 @@ The reduction topology is irrelevant: the answer does not depend on the order of
 ``topology`` argument is checked and recorded only). The result is the same bits on any thread
 count and device. 16-bit input is widened to float32 on the host first (exact).
 """
+import functools
 import math
 import warnings
 from fractions import Fraction
@@ -295,30 +296,44 @@ def item_depth(reduced_inner):
     return max(BLOCK // LANES + tree_depth(LANES), min(BLOCK, (LANES - 1) * runs)) + 1
 
 
+class MeasuredWork:
+    """The seconds of kernel work the last fast-sums call on one shape and dtype took, summed over
+    its threads (None before the first), which sets the next call's threads
+    (numerics.cpu.threads_for)."""
+    work_seconds = None
+
+
+@functools.lru_cache(maxsize=64)
+def measured_work(shape, dtype):
+    return MeasuredWork()
+
+
 def cpu_fast_sums(x4):
     """(shifts, Σd, Σd², depth, threads) per group over a float32/float64 canonical view
     (C-contiguous): d = x − the group's first element, depth the summation depth of the sums.
     Work items are fixed by the shape and cut among the threads by numerics.cpu.run_split, so the
-    sums are the same bits on any thread count."""
+    sums are the same bits on any thread count; the threads are as many as the last call on this
+    shape measured work for, as in the other rules (numerics.cpu.threads_for)."""
     kept_outer, reduced_outer, kept_inner, reduced_inner = x4.shape
     groups = kept_outer * kept_inner
-    threads = numba.get_num_threads() if x4.nbytes >= cpu.THREADED_BYTES else 1
+    record = measured_work(x4.shape, x4.dtype.str)
+    threads = cpu.threads_for(x4.nbytes, record.work_seconds)
     if reduced_inner == 1:
         # the first row of each kept_outer index: contiguous, cheap to gather
         shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)
         parts = -(-reduced_outer // (ITEM_BLOCKS * COLUMN_BLOCK))
-        first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
-        threads, _ = cpu.run_split(_columns_partials, ("columns", x4.dtype.str),
-                                   kept_outer * parts, (x4, shifts),
-                                   [np.empty((ITEM_BLOCKS, 2, kept_inner)) for _ in range(threads)],
-                                   (first_sums, second_sums))
+        kernel, key, items = _columns_partials, ("columns", x4.dtype.str), kept_outer * parts
+        leading = (x4, shifts)
+        scratches = [np.empty((ITEM_BLOCKS, 2, kept_inner)) for _ in range(threads)]
     else:
         shifts = np.empty(groups)  # stored by the kernel
         parts = -(-(reduced_outer * reduced_inner) // BLOCK)
-        first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
-        threads, _ = cpu.run_split(_rows_partials, ("rows", x4.dtype.str), groups * parts,
-                                   (x4, shifts, parts), [np.empty(0) for _ in range(threads)],
-                                   (first_sums, second_sums))
+        kernel, key, items = _rows_partials, ("rows", x4.dtype.str), groups * parts
+        leading = (x4, shifts, parts)
+        scratches = [np.empty(0) for _ in range(threads)]
+    first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
+    threads, record.work_seconds = cpu.run_split(kernel, key, items, leading, scratches,
+                                                 (first_sums, second_sums))
     depth = item_depth(reduced_inner) + tree_depth(parts)
     return (shifts, cache.call(pairwise_totals, "totals", first_sums),
             cache.call(pairwise_totals, "totals", second_sums), depth, threads)

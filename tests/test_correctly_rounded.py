@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import numerics
-from numerics import correctly_rounded, precision, reference
+from numerics import correctly_rounded, cpu, precision, reference
 
 FORMATS = precision.FORMATS
 #: significand bits p, least normal exponent, greatest exponent
@@ -278,7 +278,9 @@ def test_hypothesis_inputs(x, output_format, ddof):
 
 # ---- determinism, special values, bad input -------------------------------------------------------
 
-def test_same_bits_on_one_and_two_threads():
+def test_same_bits_on_one_and_two_threads(monkeypatch):
+    # every measured call pays for every thread (numerics.cpu.threads_for)
+    monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e-12)
     rng = np.random.default_rng(4)
     x = rng.normal(1e3, 1.0, (4, 8, 128, 80)).astype(np.float32)  # 1.25 MiB: threaded
     before = numba.get_num_threads()
@@ -294,6 +296,27 @@ def test_same_bits_on_one_and_two_threads():
     assert [run[4] for run in runs] == [1, 1, 1, 2, 2, 2]
     for one, two in zip(runs[:3], runs[3:]):
         for a, b in zip(one[:3], two[:3]):
+            np.testing.assert_array_equal(a.view(np.uint64), b.view(np.uint64))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_fast_sums_thread_by_size_first_then_by_the_measured_work(monkeypatch):
+    x4 = np.random.default_rng(5).normal(size=(2, 1, 3, 2**17)).astype(np.float32)  # 3 MiB
+    assert x4.nbytes >= cpu.THREADED_BYTES
+    correctly_rounded.measured_work.cache_clear()
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        first = correctly_rounded.cpu_fast_sums(x4)
+        monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e3)
+        light = correctly_rounded.cpu_fast_sums(x4)
+        monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e-12)
+        heavy = correctly_rounded.cpu_fast_sums(x4)
+    finally:
+        numba.set_num_threads(before)
+    assert [run[4] for run in (first, light, heavy)] == [2, 1, 2]
+    for run in (light, heavy):
+        for a, b in zip(first[:3], run[:3]):
             np.testing.assert_array_equal(a.view(np.uint64), b.view(np.uint64))
 
 

@@ -83,6 +83,17 @@ def worker_pool(workers):
         return _POOL
 
 
+def threads_for(nbytes, work_seconds):
+    """How many threads a call on ``nbytes`` of input runs on: all of numba's where a first call
+    (``work_seconds`` None) reaches THREADED_BYTES, then one per THREAD_WORK_SECONDS of the last
+    call's measured work (its kernels' seconds summed over its threads), at most numba's thread
+    count."""
+    if work_seconds is None:
+        return numba.get_num_threads() if nbytes >= THREADED_BYTES else 1
+    paid_for = int(work_seconds / THREAD_WORK_SECONDS)
+    return 1 if paid_for < 2 else min(paid_for, numba.get_num_threads())
+
+
 def run_split(kernel, key, items, leading, scratches, outputs):
     """``kernel(*leading, lo, hi, scratch, *outputs)`` over items 0..items-1 cut into at most
     ``len(scratches)`` contiguous ranges, one per thread with its own scratch: this thread runs the
@@ -167,13 +178,7 @@ class Geometry:
         self.work_seconds = None
 
     def threads_for(self, nbytes):
-        """How many threads a call on ``nbytes`` of input runs on: all of numba's where the first
-        call's input reaches THREADED_BYTES, then one per THREAD_WORK_SECONDS of the last call's
-        measured work, at most numba's thread count."""
-        if self.work_seconds is None:
-            return numba.get_num_threads() if nbytes >= THREADED_BYTES else 1
-        paid_for = int(self.work_seconds / THREAD_WORK_SECONDS)
-        return 1 if paid_for < 2 else min(paid_for, numba.get_num_threads())
+        return threads_for(nbytes, self.work_seconds)
 
     def kernel_input(self, values):
         """What the kernels of this geometry read of ``values`` (part of a canonical view): the
@@ -303,5 +308,5 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
                                                ("fused_two_pass", target.fused))
 
 
-__all__ = ["moments", "CpuTarget", "Geometry", "THREADED_BYTES", "THREAD_WORK_SECONDS", "SEGMENTS",
-           "ROWS"]
+__all__ = ["moments", "CpuTarget", "Geometry", "threads_for", "THREADED_BYTES",
+           "THREAD_WORK_SECONDS", "SEGMENTS", "ROWS"]
