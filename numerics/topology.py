@@ -76,10 +76,12 @@ def resolve(topology):
 # ---- compiled by targets.py for the CPU, run as they are by replay.py; the GPU kernels realise the
 # ---- same order with their threads)
 
-def merge_lanes(ctx, counts, firsts, seconds, lanes):
+def merge_lanes(ctx, counts, firsts, seconds, lanes, warp=WARP_SIZE):
     """Merge lanes 0..lanes-1 of the state arrays in place by ``ctx.merge`` in the halving tree of
-    step 3 above; the block's state ends in lane 0."""
-    width = lanes if lanes <= WARP_SIZE else WARP_SIZE
+    step 3 above; the block's state ends in lane 0. ``warp``: the lanes of one warp, WARP_SIZE;
+    less for the lanes that remain of each warp once its first levels ran (the CPU's folded
+    units: the same tree over fewer lanes)."""
+    width = lanes if lanes <= warp else warp
     segments = lanes // width
     while True:
         for segment in range(segments):

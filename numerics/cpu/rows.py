@@ -12,7 +12,7 @@ from numba.extending import overload
 
 from .. import algorithms, cache, simd
 from ..targets import INTERNAL
-from ..topology import merge_blocks
+from ..topology import WARP_SIZE, merge_blocks
 from .scratch import tile_columns, vectors_in_flight, width_of
 from .streaming import merge_batch, stream_vectors
 
@@ -148,7 +148,7 @@ def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, scratch, u
         first_out = (k1 * kept_inner + k2) * blocks + b
         merge_batch(ctx, scratch.lane_counts, scratch.batch_firsts, scratch.batch_seconds,
                     members, scratch, unit_counts[first_out::blocks],
-                    unit_firsts[first_out::blocks], unit_seconds[first_out::blocks])
+                    unit_firsts[first_out::blocks], unit_seconds[first_out::blocks], WARP_SIZE)
 
 
 @cache.cached(nogil=True)

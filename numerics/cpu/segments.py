@@ -195,14 +195,18 @@ def _fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
 @numba.njit(**INTERNAL)
 def gather_member(folded, w, lanes, width, member_firsts, member_seconds, batch_firsts,
                   batch_seconds):
-    """Lane states of member ``w`` into column w of the batch: only the lanes that still carry a
-    state when the unit was folded (fold_vectors), every lane otherwise."""
+    """Lane states of member ``w`` into column w of the batch: where the unit was folded
+    (fold_vectors), only the lanes that still carry a state, warp after warp in the batch's first
+    rows (lane base + i of the warp at base into row base / warp lanes * width + i), every lane
+    in its own row otherwise."""
     warp_lanes = min(lanes, WARP_SIZE)
     if folded >= 0:
+        row = 0
         for base in range(0, lanes, warp_lanes):
             for t in range(base, base + width):
-                batch_firsts[t, w] = member_firsts[w, t]
-                batch_seconds[t, w] = member_seconds[w, t]
+                batch_firsts[row, w] = member_firsts[w, t]
+                batch_seconds[row, w] = member_seconds[w, t]
+                row += 1
     else:
         for t in range(lanes):
             batch_firsts[t, w] = member_firsts[w, t]
@@ -274,11 +278,8 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
     size = x4.shape[1] * x4.shape[3]
     blocks = (size + block - 1) // block
     last_length = size - (blocks - 1) * block
-    warp_lanes = min(lanes, WARP_SIZE)
-    # lanes of a folded batch that carry no state hold the merge's identity: count 0 and -0.0
-    # (x + -0.0 == x for every x; Chan's merge returns the other state for count 0), so the whole
-    # lane tree runs over them and changes nothing
-    padded = False
+    # the lanes of a folded batch: the first ``width`` of each warp (gather_member)
+    folded_lanes = lanes // min(lanes, WARP_SIZE) * width
     # unit = (k1 * kept_inner + k2) * blocks + b, advanced without divisions
     group = unit_lo // blocks
     b = unit_lo - group * blocks
@@ -298,7 +299,7 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
         if scratch.transposed.shape[0] > 0:
             # groups of one small block each (the caller's choice: numerics.cpu.Geometry)
             k1, k2 = small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch)
-            padded = False
+            batch_lanes, warp = lanes, WARP_SIZE
         else:
             folded = -1
             for w in range(members):
@@ -315,25 +316,19 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
                         k1 += 1
                 folded = fold_vectors(ctx, scratch.member_counts[w], scratch.member_firsts[w],
                                       scratch.member_seconds[w], lanes, scratch.warp_counts)
-                if folded >= 0 and not padded:
-                    scratch.batch_counts[:] = 0
-                    scratch.batch_firsts[:] = -0.0
-                    scratch.batch_seconds[:] = -0.0
-                padded = folded >= 0
                 gather_member(folded, w, lanes, width, scratch.member_firsts,
                               scratch.member_seconds, scratch.batch_firsts,
                               scratch.batch_seconds)
-            if folded >= 0:
-                for base in range(0, lanes, warp_lanes):
-                    scratch.batch_counts[base:base + width] = folded
-            else:
+            # a folded batch's tree is the rest of each warp's, on its first ``width`` lanes, then
+            # across the warps (topology.merge_lanes with a warp of ``width`` lanes)
+            batch_lanes, warp = (folded_lanes, width) if folded >= 0 else (lanes, WARP_SIZE)
+            for t in range(batch_lanes):
                 # a loop, not an array assignment: that would compile numba's shape-mismatch
                 # error message, seconds of compilation (docs/architecture.md section 2.7)
-                for t in range(lanes):
-                    scratch.batch_counts[t] = scratch.member_counts[0, t]
-        merge_batch(ctx, scratch.batch_counts, scratch.batch_firsts, scratch.batch_seconds,
-                    members, scratch, unit_counts[unit:], unit_firsts[unit:],
-                    unit_seconds[unit:])
+                scratch.batch_counts[t] = folded if folded >= 0 else scratch.member_counts[0, t]
+        merge_batch(ctx, scratch.batch_counts[:batch_lanes], scratch.batch_firsts[:batch_lanes],
+                    scratch.batch_seconds[:batch_lanes], members, scratch, unit_counts[unit:],
+                    unit_firsts[unit:], unit_seconds[unit:], warp)
         unit += members
 
 

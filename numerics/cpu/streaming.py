@@ -84,21 +84,21 @@ def _stream_vectors(ctx, vectors, data, start, stride, steps, count, center, fir
 
 
 def merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
-                out_seconds):
+                out_seconds, warp):
     """The lane tree of ``members`` units or groups at once: ``firsts[t, w]`` is lane t of member
     w, and every member holds the same counts (``counts[t]``); member w's state goes to
-    ``out_*[w]``."""
+    ``out_*[w]``. ``warp``: the lanes of one warp in these rows (topology.merge_lanes)."""
     raise NotImplementedError("merge_batch runs in compiled code only")
 
 
 @overload(merge_batch, jit_options=INTERNAL)
 def _merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
-                 out_seconds):
+                 out_seconds, warp):
     if ctx.vectorized:
         width = vector_width(ctx.acc_format)
 
         def merge(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
-                  out_seconds):
+                  out_seconds, warp):
             # the topology's lane tree runs on the rows of firsts/seconds as vectors, in place
             lanes = counts.shape[0]
             lane_counts = scratch.merge_counts
@@ -107,7 +107,7 @@ def _merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out
                 lane_counts[t] = counts[t]
             first = simd.as_vectors(firsts, width)
             second = simd.as_vectors(seconds, width)
-            merge_lanes(ctx, lane_counts, first, second, lanes)
+            merge_lanes(ctx, lane_counts, first, second, lanes, warp)
             for w in range(members):
                 out_counts[w] = lane_counts[0]
                 out_firsts[w] = simd.extract(first[0], w)
@@ -115,7 +115,7 @@ def _merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out
         return merge
 
     def merge(ctx, counts, firsts, seconds, members, scratch, out_counts, out_firsts,
-              out_seconds):
+              out_seconds, warp):
         lanes = counts.shape[0]
         lane_counts, lane_firsts, lane_seconds = (scratch.merge_counts, scratch.merge_firsts,
                                                   scratch.merge_seconds)
@@ -124,7 +124,7 @@ def _merge_batch(ctx, counts, firsts, seconds, members, scratch, out_counts, out
                 lane_counts[t] = counts[t]
                 lane_firsts[t] = firsts[t, w]
                 lane_seconds[t] = seconds[t, w]
-            merge_lanes(ctx, lane_counts, lane_firsts, lane_seconds, lanes)
+            merge_lanes(ctx, lane_counts, lane_firsts, lane_seconds, lanes, warp)
             out_counts[w] = lane_counts[0]
             out_firsts[w] = lane_firsts[0]
             out_seconds[w] = lane_seconds[0]
