@@ -296,16 +296,10 @@ def item_depth(reduced_inner):
     return max(BLOCK // LANES + tree_depth(LANES), min(BLOCK, (LANES - 1) * runs)) + 1
 
 
-class MeasuredWork:
-    """The seconds of kernel work the last fast-sums call on one shape and dtype took, summed over
-    its threads (None before the first), which sets the next call's threads
-    (numerics.cpu.threads_for)."""
-    work_seconds = None
-
-
 @functools.lru_cache(maxsize=64)
 def measured_work(shape, dtype):
-    return MeasuredWork()
+    """The work the last fast-sums call on this shape and dtype measured (numerics.cpu)."""
+    return cpu.MeasuredWork()
 
 
 def cpu_fast_sums(x4):
@@ -313,11 +307,11 @@ def cpu_fast_sums(x4):
     (C-contiguous): d = x − the group's first element, depth the summation depth of the sums.
     Work items are fixed by the shape and cut among the threads by numerics.cpu.run_split, so the
     sums are the same bits on any thread count; the threads are as many as the last call on this
-    shape measured work for, as in the other rules (numerics.cpu.threads_for)."""
+    shape measured work for, as in the other rules (numerics.cpu.MeasuredWork)."""
     kept_outer, reduced_outer, kept_inner, reduced_inner = x4.shape
     groups = kept_outer * kept_inner
     record = measured_work(x4.shape, x4.dtype.str)
-    threads = cpu.threads_for(x4.nbytes, record.work_seconds)
+    threads = record.threads_for(x4.nbytes)
     if reduced_inner == 1:
         # the first row of each kept_outer index: contiguous, cheap to gather
         shifts = np.ascontiguousarray(x4[:, 0, :, 0], dtype=np.float64).reshape(-1)

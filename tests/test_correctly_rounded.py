@@ -279,7 +279,7 @@ def test_hypothesis_inputs(x, output_format, ddof):
 # ---- determinism, special values, bad input -------------------------------------------------------
 
 def test_same_bits_on_one_and_two_threads(monkeypatch):
-    # every measured call pays for every thread (numerics.cpu.threads_for)
+    # every measured call pays for every thread (numerics.cpu.MeasuredWork)
     monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e-12)
     rng = np.random.default_rng(4)
     x = rng.normal(1e3, 1.0, (4, 8, 128, 80)).astype(np.float32)  # 1.25 MiB: threaded

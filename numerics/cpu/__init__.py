@@ -32,7 +32,7 @@ back, and the contexts carry their numba types (numerics.targets), so a kernel c
 arguments in C. Threads cost a call a wake-up of each and of the caller at the end, tens of
 microseconds each, so a call uses only as many threads as its work pays for: the first call on a
 geometry threads from THREADED_BYTES of input on, later ones give each thread at least
-THREAD_WORK_SECONDS of the work the previous call's kernels measured (``Geometry.threads_for``).
+THREAD_WORK_SECONDS of the work the previous call's kernels measured (``MeasuredWork``).
 Which thread runs what never changes a result, so this choice changes only the time.
 """
 import functools
@@ -83,15 +83,19 @@ def worker_pool(workers):
         return _POOL
 
 
-def threads_for(nbytes, work_seconds):
-    """How many threads a call on ``nbytes`` of input runs on: all of numba's where a first call
-    (``work_seconds`` None) reaches THREADED_BYTES, then one per THREAD_WORK_SECONDS of the last
-    call's measured work (its kernels' seconds summed over its threads), at most numba's thread
-    count."""
-    if work_seconds is None:
-        return numba.get_num_threads() if nbytes >= THREADED_BYTES else 1
-    paid_for = int(work_seconds / THREAD_WORK_SECONDS)
-    return 1 if paid_for < 2 else min(paid_for, numba.get_num_threads())
+class MeasuredWork:
+    """The seconds of kernel work the last finished call of one kind took, summed over its
+    threads (None before the first), which sets how many threads the next one runs on."""
+    work_seconds = None
+
+    def threads_for(self, nbytes):
+        """How many threads a call on ``nbytes`` of input runs on: all of numba's where a first
+        call reaches THREADED_BYTES, then one per THREAD_WORK_SECONDS of the last call's measured
+        work, at most numba's thread count."""
+        if self.work_seconds is None:
+            return numba.get_num_threads() if nbytes >= THREADED_BYTES else 1
+        paid_for = int(self.work_seconds / THREAD_WORK_SECONDS)
+        return 1 if paid_for < 2 else min(paid_for, numba.get_num_threads())
 
 
 def run_split(kernel, key, items, leading, scratches, outputs):
@@ -121,11 +125,12 @@ def timed_call(kernel, key, *arguments):
     return time.perf_counter() - begin
 
 
-class Geometry:
+class Geometry(MeasuredWork):
     """What every call on one canonical view with one rule, topology and pair of formats shares:
     the kernel and its contexts, how the view is cut into units, and the work arrays (scratch,
     unit states) of finished calls, lent to the next ones: one call's at a time, so results never
-    alias between calls or threads (numerics.cpu.geometry_of)."""
+    alias between calls or threads (numerics.cpu.geometry_of); and the work its last call
+    measured (MeasuredWork)."""
 
     def __init__(self, view, rule, topology, input_format, acc_format):
         self.rule, self.view, self.kernel = rule, view, kernel_for(view, topology)
@@ -174,11 +179,6 @@ class Geometry:
         state_bytes = self.state_count * (8 + 2 * np.dtype(self.compute_type).itemsize)
         self.keeps_states = state_bytes <= KEPT_STATE_BYTES
         self.spare = []
-        #: seconds of kernel time the last finished call took, summed over its threads
-        self.work_seconds = None
-
-    def threads_for(self, nbytes):
-        return threads_for(nbytes, self.work_seconds)
 
     def kernel_input(self, values):
         """What the kernels of this geometry read of ``values`` (part of a canonical view): the
@@ -308,5 +308,5 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
                                                ("fused_two_pass", target.fused))
 
 
-__all__ = ["moments", "CpuTarget", "Geometry", "threads_for", "THREADED_BYTES",
+__all__ = ["moments", "CpuTarget", "Geometry", "MeasuredWork", "THREADED_BYTES",
            "THREAD_WORK_SECONDS", "SEGMENTS", "ROWS"]
