@@ -2,14 +2,16 @@
 of the performance study (studies/performance.py, ``make bench``).
 
 Method. One thread. Each cell (rule at topology "blocked", subset, layout, input and accumulator
-formats) times ``numerics.moments`` on two tensors small enough to stay together in the 512 KiB
-L2 of a core: batches 1 and 3 of a sample (C, H, W) of about 25 000 elements, 98 and 294 KiB in
-float32. The sample keeps the runs and groups of the bandwidth cells' (32, 256, 56, 56) (SAMPLES):
-per-group work (a group's lane tree) costs as much per element here as there, except GroupNorm,
-whose 32 groups per sample hold 784 elements here against 25 088 there (its ratio errs low), and
-InstanceNorm channels last, whose groups step over 8 channels here against 256 there.
-A call on such a tensor also pays 50 to 100 µs of fixed cost (Python, argument checks, dispatch,
-the thread pool), more than its arithmetic, so the cell's in-cache rate is the slope between the
+formats) times ``numerics.moments`` on two tensors small enough to stay together in the 1 MiB L2
+of a core (``getconf LEVEL2_CACHE_SIZE`` on the bench machine): batches 1 and 3 of a sample
+(C, H, W) of about 25 000 elements, 98 and 294 KiB in float32. The sample keeps the runs and groups
+of the bandwidth cells' (32, 256, 56, 56) (SAMPLES): per-group work (a group's lane tree) costs as
+much per element here as there, except GroupNorm, whose 32 groups per sample hold 784 elements
+here against 25 088 there (its ratio errs low), and InstanceNorm channels last, whose groups step
+over 8 channels here against 256 there.
+A call on such a tensor also pays 20 to 100 µs of fixed cost (Python, argument checks, dispatch,
+the thread pool; BatchNorm channels last's lane tree over 64 lane rows of 256 channels), more than
+its arithmetic, so the cell's in-cache rate is the slope between the
 two sizes: Δelements / Δseconds of the two sizes' median calls, taken in turn
 (studies.performance.interleaved_medians; timed again, up to SLOPE_MEASURES times, where the
 larger tensor's median call was not the slower): the marginal cost of an element already in cache,
@@ -19,18 +21,26 @@ rate in elements of the cell's input format per second (bytes per second / item 
 in-cache rate / streaming read has the target ≥ 2: then a rule is memory-bound whatever state the
 machine's memory is in.
 
-The causes of the bandwidth misses need the arithmetic's rate at the cell's own geometry, which an
-L2-sized sample cannot keep for GroupNorm (its groups) and InstanceNorm channels last (its row of
-256 channels) (GEOMETRY_SUBSETS). For those the ``geometry`` slice times the same slope on batches
-1 and 3 of one sample of each bandwidth shape itself, float32 input, cut to fewer rows where three
-samples would not sit in the L3 (256x56x56 whole: 3.2 and 9.6 MB; 64x224x224 as 64x56x224): the
-channels, and so the channels-last rows, are the cell's, and GroupNorm's groups hold thousands of
-elements as there. Beside it the streaming read's slope on the same two tensors: where the read
-runs at least twice as fast, the L3 does not limit the rule's rate there, and the rate is its
-arithmetic at the cell's geometry (studies.performance.with_headroom).
+The causes of the bandwidth misses need the arithmetic's rate at the cell's own geometry, which the
+samples above do not keep for GroupNorm (its groups), InstanceNorm channels last (its rows of 256
+channels) and BatchNorm channels last (whose L2 sample's slope is ill-conditioned: its calls'
+fixed lane tree outweighs the elements between the two sizes) (GEOMETRY_SUBSETS). For those the
+``geometry`` slice times the same slope on a sample that keeps the cell's geometry
+(``geometry_sample``), float32 input:
+
+- GroupNorm channels first: each group is one contiguous run of C/32 channels, so a sample of one
+  whole group, batches 1 and 3 (1 and 2 where three would not fit in L2_SAMPLE_BYTES), keeps the
+  cell's groups exactly and stays in the L2;
+- the others: batches 1 and 3 of one sample of the bandwidth shape itself, cut to fewer rows where
+  three samples would not sit in the L3 (256x56x56 whole: 3.2 and 9.6 MB; 64x224x224 as
+  64x56x224): the channels, and so the channels-last rows, are the cell's, and GroupNorm's groups
+  hold thousands of elements as there. Beside it the streaming read's slope on the same two
+  tensors: where the read runs at least twice as fast, the L3 does not limit the rule's rate
+  there, and the rate is its arithmetic at the cell's geometry (studies.performance.with_headroom).
 """
 import functools
 import math
+from collections import namedtuple
 
 import numpy as np
 import pandas as pd
@@ -59,6 +69,9 @@ TARGET_RATIO = 2.0
 #: a slope needs the larger tensor's median call to be the slower; on a busy machine one measure
 #: can show the opposite, so a cell is timed again, up to this many times in all
 SLOPE_MEASURES = 3
+#: a slope whose two sizes' median calls differ by less than this share of the smaller call is
+#: the least certain (the report says where)
+WEAK_DIFFERENCE = 0.1
 
 
 def factors(profile, rules):
@@ -83,25 +96,27 @@ def sample_shape(subset, layout, profile):
             else SAMPLES[subset])
 
 
-def tensors(sample, layout, input_dtype, seed):
-    """The large tensor (the last batch) and the small one, a view of its first sample(s), in the
-    layout's memory order (NHWC: channels last)."""
+def tensors(sample, layout, input_dtype, seed, batches=BATCHES):
+    """The large tensor (the last of ``batches``) and the small one, a view of its first
+    sample(s), in the layout's memory order (NHWC: channels last)."""
     channels, *spatial = sample
-    memory_shape = ((BATCHES[-1], channels, *spatial) if layout == "NCHW"
-                    else (BATCHES[-1], *spatial, channels))
+    memory_shape = ((batches[-1], channels, *spatial) if layout == "NCHW"
+                    else (batches[-1], *spatial, channels))
     rng = np.random.default_rng(seed)
     large = rng.standard_normal(memory_shape, dtype=np.float32).astype(
         precision.NUMPY_DTYPES[input_dtype])
-    return large[:BATCHES[0]], large
+    return large[:batches[0]], large
 
 
-def sample_calls(settings, sample, seed):
-    """The cell's tensors (batches 1 and 3 of ``sample``) and its rule's call on each, by name
-    ("small", "large"), with the accumulator format of the cell's format pair."""
+def sample_calls(settings, sample, seed, groups=None, batches=BATCHES):
+    """The cell's tensors (``batches`` of ``sample``) and its rule's call on each, by name
+    ("small", "large"), with the accumulator format of the cell's format pair; GroupNorm with the
+    subset's group count unless ``groups`` says how many the sample holds."""
     from studies import performance
     input_dtype, acc_dtype = settings["formats"].split(">")
-    norm, groups = performance.subset_arguments(settings["subset"])
-    small, large = tensors(sample, settings["layout"], input_dtype, seed)
+    norm, subset_groups = performance.subset_arguments(settings["subset"])
+    groups = subset_groups if groups is None else groups
+    small, large = tensors(sample, settings["layout"], input_dtype, seed, batches)
     calls = {name: functools.partial(numerics.moments, x, norm, groups=groups,
                                      layout=settings["layout"], algorithm=settings["algorithm"],
                                      acc_dtype=acc_dtype)
@@ -147,23 +162,41 @@ def measure(settings, seed):
             "read_elements_per_s": read, "in_cache_ratio": in_cache / read}
 
 
-#: the (subset, layout) whose L2 sample cannot keep the cells' geometry: GroupNorm's groups of
-#: 25 088 elements, InstanceNorm's channels-last rows of 256 channels
-GEOMETRY_SUBSETS = (("group32", "NCHW"), ("group32", "NHWC"), ("instance", "NHWC"))
+#: the (subset, layout) whose in-cache sample does not give the cells' geometry: GroupNorm's
+#: groups of 25 088 elements, InstanceNorm's channels-last rows of 256 channels, BatchNorm
+#: channels last's ill-conditioned slope (its calls' lane tree over 256 channels outweighs the
+#: 50 000 elements between the two sizes: the medians do not resolve their difference)
+GEOMETRY_SUBSETS = (("group32", "NCHW"), ("group32", "NHWC"), ("instance", "NHWC"),
+                    ("batch", "NHWC"))
 #: the format pairs of the geometry slice: those of the bandwidth targets (float32 input)
 GEOMETRY_PRECISIONS = (("float32", "float32"), ("float32", "float64"))
 #: float32 bytes of the geometry slice's larger tensor (three samples) at most: well inside the
 #: 32 MiB L3 (the streaming read beside it reads the same tensors, no copy)
 GEOMETRY_BYTES = 12 * 2**20
+#: float32 bytes of an L2-resident geometry sample's larger tensor at most: 80 % of the 1 MiB L2
+#: of a core, the rest left to the kernels' work arrays
+L2_SAMPLE_BYTES = 800 * 2**10
+
+#: a geometry slice's tensors: ``batches`` of ``sample`` (C, H, W) holding ``groups`` GroupNorm
+#: groups (None: the subset's own count), and the cache level they sit in ("L2" or "L3")
+GeometrySample = namedtuple("GeometrySample", ["sample", "groups", "batches", "resident"])
 
 
-def geometry_sample(shape):
-    """(C, H, W) of one sample of the cell shape "NxCxHxW", its rows halved until three samples
-    fit in GEOMETRY_BYTES."""
+def geometry_sample(subset, layout, shape):
+    """The GeometrySample of the cell shape "NxCxHxW" for ``subset`` and ``layout``: one whole
+    group of GroupNorm channels first, in the L2 (a group is one contiguous run of its channels,
+    so fewer groups keep its geometry exactly); else one sample of the shape, its rows halved
+    until three samples fit in GEOMETRY_BYTES, in the L3."""
+    from studies import performance
     _, channels, height, width = (int(size) for size in shape.split("x"))
+    _, groups = performance.subset_arguments(subset)
+    if groups is not None and layout == "NCHW":
+        group_bytes = channels // groups * height * width * 4
+        batches = BATCHES if BATCHES[-1] * group_bytes <= L2_SAMPLE_BYTES else (1, 2)
+        return GeometrySample((channels // groups, height, width), 1, batches, "L2")
     while 3 * channels * height * width * 4 > GEOMETRY_BYTES and height % 2 == 0:
         height //= 2
-    return channels, height, width
+    return GeometrySample((channels, height, width), None, BATCHES, "L3")
 
 
 def geometry_factors(profile, rules, shapes):
@@ -192,12 +225,13 @@ def slope(small, large, small_seconds, large_seconds):
 
 
 def measure_geometry(settings, seed):
-    """One geometry row: the rule's slope between batches 1 and 3 of one sample of the cell's
-    shape, and the streaming read's slope on the same tensors, timed in turn."""
+    """One geometry row: the rule's slope between the two sizes of the cell's GeometrySample, and
+    the streaming read's slope on the same tensors, timed in turn."""
     from studies import performance
     input_dtype, acc_dtype = settings["formats"].split(">")
-    sample = geometry_sample(settings["shape"])
-    small, large, calls = sample_calls(settings, sample, seed)
+    geometry = geometry_sample(settings["subset"], settings["layout"], settings["shape"])
+    small, large, calls = sample_calls(settings, geometry.sample, seed, geometry.groups,
+                                       geometry.batches)
     flat = {"small": small.reshape(-1), "large": large.reshape(-1)}
     calls.update({f"read_{name}": functools.partial(performance.stream_read, values, 0,
                                                     values.size)
@@ -207,10 +241,10 @@ def measure_geometry(settings, seed):
         small, large, calls, settings["seconds"],
         [("small", "large"), ("read_small", "read_large")])
     return {"table": "performance_geometry", "input_dtype": input_dtype, "acc_dtype": acc_dtype,
-            "sample": "x".join(map(str, sample)), "small_bytes": small.nbytes,
-            "large_bytes": large.nbytes, "measures": measures, "calls": calls_timed,
-            "small_seconds": medians["small"], "large_seconds": medians["large"],
-            "geometry_elements_per_s": rate, "geometry_read_elements_per_s": read,
+            "sample": "x".join(map(str, geometry.sample)), "resident": geometry.resident,
+            "small_bytes": small.nbytes, "large_bytes": large.nbytes, "measures": measures,
+            "calls": calls_timed, "small_seconds": medians["small"],
+            "large_seconds": medians["large"], "geometry_elements_per_s": rate, "geometry_read_elements_per_s": read,
             "geometry_read_ratio": read / rate}
 
 
@@ -218,7 +252,11 @@ def section(frame):
     """One table per format pair: rules x (subset, layout), in-cache rate / streaming read."""
     if frame is None or frame.empty:
         return "(not measured)"
-    met = (frame.in_cache_ratio >= TARGET_RATIO).sum()
+    meets = frame.in_cache_ratio >= TARGET_RATIO
+    met = meets.sum()
+    weak = frame.set_index(["subset", "layout"]).index.isin(weak_slopes(frame).index)
+    met_weakly = (f" ({(meets & weak).sum()} of them on the least certain slopes, below)"
+                  if (meets & weak).any() else "")
     probes = pd.concat([frame.read_gb_per_s_before, frame.read_gb_per_s_after])
     lines = [f"In-cache rate of every rule (topology \"{numerics.DEFAULT_TOPOLOGY}\", one "
              f"thread) over the single-thread streaming read of the same input format from "
@@ -228,11 +266,13 @@ def section(frame):
              f"({sample_list(frame)}): Δelements / Δseconds of the "
              f"median calls of each size, the marginal cost of an element in cache without the "
              f"call's fixed cost, i.e. the rate of the arithmetic. Target ≥ {TARGET_RATIO:g}×: "
-             f"{met} of {len(frame)} cells meet it; {frame.in_cache_ratio.isna().sum()} slopes "
+             f"{met} of {len(frame)} cells meet it{met_weakly}; "
+             f"{frame.in_cache_ratio.isna().sum()} slopes "
              f"not measured (–: the larger tensor's median call was not the slower in any of "
              f"{SLOPE_MEASURES} measures). "
              f"Streaming read (one thread): median "
-             f"{probes.median():.1f} GB/s (range {probes.min():.1f} to {probes.max():.1f})."]
+             f"{probes.median():.1f} GB/s (range {probes.min():.1f} to {probes.max():.1f})."
+             f"{conditioning_line(frame)}"]
     for (input_dtype, acc_dtype), cells in frame.groupby(["input_dtype", "acc_dtype"],
                                                         sort=False):
         # every cell keeps its column, an unmeasured slope (NaN) too, in the cells' order
@@ -250,6 +290,30 @@ def section(frame):
             table.reset_index().rename(columns={"algorithm": "rule"}),
             formats={column: ratio_mark for column in table.columns}))
     return "\n".join(lines)
+
+
+def weak_slopes(frame):
+    """The median, over its cells, of how much the larger call took longer than the smaller (a
+    share of the smaller call), for each (subset, layout) where it is under WEAK_DIFFERENCE:
+    there a call's fixed work outweighs the elements between the two sizes, and the slope is
+    least certain."""
+    difference = (frame.large_seconds - frame.small_seconds) / frame.small_seconds
+    medians = difference.groupby([frame.subset, frame.layout], sort=False).median()
+    return medians[medians < WEAK_DIFFERENCE]
+
+
+def conditioning_line(frame):
+    """Where the slopes are least certain (weak_slopes), for the report."""
+    weak = weak_slopes(frame)
+    if weak.empty:
+        return ""
+    listed = ", ".join(f"{subset} {layout} (median {value:.0%})"
+                       for (subset, layout), value in weak.items())
+    return (f" Least certain: the slopes of {listed}, whose two sizes' calls differ by under "
+            f"{WEAK_DIFFERENCE:.0%} of the smaller call (a call's fixed work outweighs the "
+            f"elements between the sizes); the causes of the bandwidth misses take the rates of "
+            f"{', '.join(f'{subset} {layout}' for subset, layout in GEOMETRY_SUBSETS)} from the "
+            f"geometry slice instead.")
 
 
 def sample_list(frame):

@@ -21,9 +21,11 @@ normalized output: that is the price a user pays for PyTorch's statistics.
 
 In-cache rate (the ``in_cache`` slice, studies/in_cache_bench.py): every rule's elements per second
 on L2-resident tensors, one thread, as the slope between two sizes, against the single-thread
-streaming read measured around it; the ``geometry`` slice measures the same slope on one sample of
-each cell shape itself (L3-resident) where no L2 sample keeps the cells' geometry. The gaps
-section uses both to give each missed cell a measured cause.
+streaming read measured around it; the ``geometry`` slice measures the same slope on tensors
+that keep each cell shape's geometry where the in-cache samples do not (GroupNorm channels first:
+whole groups of the cell, in the L2; GroupNorm, InstanceNorm and BatchNorm channels last: one
+sample of the cell shape, in the L3). The gaps section uses both to give each missed cell a
+measured cause.
 
 Latency (the ``latency`` slice): small and mid-sized tensors, where a call's fixed cost shows, are
 timed in cache on one tensor, numerics and the PyTorch calls in turn (``interleaved_medians``).
@@ -546,9 +548,10 @@ CAUSES = (
     ("arithmetic-bound (measured)",
      lambda cell: cell.headroom < in_cache_bench.TARGET_RATIO,
      "the rule's arithmetic, measured in cache on the same rule, subset, layout and formats "
-     "(one thread; for GroupNorm and InstanceNorm channels last on one sample of the cell's own "
-     "shape from the L3, where the streaming read of the same tensors ran at least twice as "
-     "fast), runs at less than twice the read rate "
+     "(one thread; for GroupNorm, InstanceNorm channels last and BatchNorm channels last at "
+     "the cell's own geometry: GroupNorm channels first on whole groups of the cell from the "
+     "L2, the others on one sample of the cell's shape from the L3, where the streaming read "
+     "of the same tensors ran at least twice as fast), runs at less than twice the read rate "
      "measured around the cell (headroom = threads × that rate / read rate, elements per "
      "second), so the cell is limited by its arithmetic whatever the loads do; below 1 no "
      "overlap of loads and arithmetic could reach the read. "
@@ -584,10 +587,11 @@ CAUSES = (
 def with_headroom(cells, in_cache, geometry):
     """The cells with ``headroom``: threads × the rule's elements per second in cache (one thread,
     same run) over the cell's read rate in elements of its input format per second (the probes
-    around it). The rate is the geometry slice's, on one sample of the cell's shape, where it has
-    the cell (in_cache_bench.GEOMETRY_SUBSETS), else the in-cache slice's, of the same rule,
-    subset, layout and formats; ``l3_read_ratio``: the streaming read's rate on the geometry
-    sample over the rule's (NaN for the in-cache slice's rates). NaN where neither has a rate."""
+    around it). The rate is the geometry slice's, at the cell's own geometry, where it has the
+    cell (in_cache_bench.GEOMETRY_SUBSETS), else the in-cache slice's, of the same rule, subset,
+    layout and formats; ``l3_read_ratio``: the streaming read's rate on an L3-resident geometry
+    sample over the rule's (NaN for L2-resident rates: there the L3 is not read). NaN where
+    neither has a rate."""
     cells = cells.copy()
     keys = ["algorithm", "subset", "layout", "input_dtype", "acc_dtype"]
     cells["rate"] = cells["l3_read_ratio"] = np.nan
@@ -598,10 +602,11 @@ def with_headroom(cells, in_cache, geometry):
         keys = keys + ["shape"]
         measured = geometry.groupby(keys)[["geometry_elements_per_s",
                                            "geometry_read_ratio"]].median()
+        measured["in_l3"] = geometry.groupby(keys)["resident"].first() == "L3"
         own = cells.join(measured, on=keys)
         has_own = own.geometry_elements_per_s.notna()
         cells.loc[has_own, "rate"] = own.geometry_elements_per_s[has_own]
-        cells["l3_read_ratio"] = own.geometry_read_ratio
+        cells["l3_read_ratio"] = own.geometry_read_ratio.where(own.in_l3.eq(True))
     itemsize = cells.input_dtype.map(lambda name: precision.NUMPY_DTYPES[name].itemsize)
     read = (cells.read_gb_per_s_before + cells.read_gb_per_s_after) / 2 * 1e9 / itemsize
     cells["headroom"] = cells.threads * cells.rate / read
@@ -623,10 +628,13 @@ def gaps_section(frame, in_cache, geometry):
              f"ahead of every peer. Each miss gets the first cause below that its measured "
              f"headroom and what it is select. The headroom is threads × the rule's rate in "
              f"cache over the cell's read rate: the in-cache rate above of the same rule, "
-             f"subset, layout and formats, except for GroupNorm and InstanceNorm channels last, "
-             f"whose groups and rows no L2 sample keeps: for those, the rate on batches 1 and 3 "
-             f"of one sample of the cell's own shape, which sit in the L3 (one thread, the slope "
-             f"between the two, timed in turn with the streaming read of the same tensors; "
+             f"subset, layout and formats, except where that sample does not keep the cell's "
+             f"geometry (GroupNorm's groups, InstanceNorm's channels-last rows, BatchNorm channels "
+             f"last, whose sample's slope is ill-conditioned): for those, the slope between two "
+             f"sizes of tensors that keep it, GroupNorm channels first's on one and three whole "
+             f"groups of the cell (one and two where three do not fit) in the L2, the others' on "
+             f"batches 1 and 3 of one sample of the cell's own shape in the L3, timed in turn with "
+             f"the streaming read of the same tensors (one thread; "
              f"`data/performance_geometry.parquet`; method: studies/in_cache_bench.py)."]
     if not slower.empty:
         listed = ", ".join(f"{cell.algorithm} {cell.subset} {cell.layout} {cell['shape']} "

@@ -51,8 +51,10 @@ def test_smoke_bench_writes_the_report(tmp_path):
     assert (in_cache["calls"] >= 5).all()
     geometry = pd.read_parquet(tmp_path / "data" / "performance_geometry.parquet")
     assert set(geometry.algorithm) == rules and set(geometry["shape"]) == set(frame["shape"])
-    assert len(geometry) == len(rules) * 3 * frame["shape"].nunique()  # GEOMETRY_SUBSETS
+    assert len(geometry) == len(rules) * 4 * frame["shape"].nunique()  # GEOMETRY_SUBSETS
     assert (geometry.large_bytes == 3 * geometry.small_bytes).all()
+    in_l2 = (geometry.subset == "group32") & (geometry.layout == "NCHW")
+    assert set(geometry.resident[in_l2]) == {"L2"} and set(geometry.resident[~in_l2]) == {"L3"}
     assert (geometry[["small_seconds", "large_seconds"]] > 0).all().all()
     assert "Each miss gets the first cause below" in text
     for name in ("performance_first_call", "performance_reference"):
@@ -75,14 +77,14 @@ def test_a_latency_miss_is_named_by_the_part_that_exceeds_pytorch():
 
 
 def test_a_bandwidth_miss_is_named_by_its_measured_headroom():
-    """headroom = threads × the rule's rate in cache / the cell's read rate, the rate from one
-    sample of the cell's own shape for GroupNorm and InstanceNorm channels last, from the L2
-    sample otherwise; a miss is arithmetic-bound below 2, undecided when the cell beat its own
-    headroom or when the L3 read of the sample was not twice the rule's rate, and a memory
-    matter above 2."""
+    """headroom = threads × the rule's rate in cache / the cell's read rate, the rate from the
+    geometry slice where it has the cell, from the L2 sample otherwise; a miss is
+    arithmetic-bound below 2, undecided when the cell beat its own headroom or when the L3 read
+    of an L3-resident geometry sample was not twice the rule's rate (an L2-resident one reads no
+    L3), and a memory matter above 2."""
     from studies.performance import gaps_section
 
-    def cell(algorithm, subset, share, rate, read_ratio):
+    def cell(algorithm, subset, share, rate, read_ratio, resident="L3"):
         settings = {"algorithm": algorithm, "subset": subset, "layout": "NCHW",
                     "input_dtype": "float32", "acc_dtype": "float32"}
         timing = {**settings, "shape": "4x64x16x16", "kind": "numerics", "threads": 2,
@@ -92,18 +94,19 @@ def test_a_bandwidth_miss_is_named_by_its_measured_headroom():
         in_cache = {**settings, "in_cache_elements_per_s": 1e9}
         geometry = (None if subset != "group32" else
                     {**settings, "shape": "4x64x16x16", "geometry_elements_per_s": rate,
-                     "geometry_read_ratio": read_ratio})
+                     "geometry_read_ratio": read_ratio, "resident": resident})
         return timing, in_cache, geometry
     # the read: 8 GB/s = 2e9 float32 elements/s, so headroom = 2 × rate / 2e9 = rate / 1e9
     cells = [cell("naive", "group32", 0.5, 0.9e9, 5.0), cell("shifted", "group32", 0.6, 0.3e9, 5.0),
              cell("welford", "group32", 0.4, 1.5e9, 1.5),
+             cell("corrected_two_pass", "group32", 0.4, 1.5e9, 1.5, resident="L2"),
              cell("parallel_merge", "group32", 0.7, 3.0e9, 5.0),
              cell("two_pass", "layer", 0.2, None, None)]
     frame, in_cache, geometry = (pd.DataFrame([row for row in column if row is not None])
                                  for column in zip(*cells))
     text = gaps_section(frame, in_cache, geometry)
-    assert "0 of 5 target cells" in text
-    assert "**arithmetic-bound (measured)** (2 cells; headroom 0.9 to 1.0;" in text
+    assert "0 of 6 target cells" in text
+    assert "**arithmetic-bound (measured)** (3 cells; headroom 0.9 to 1.5;" in text
     assert "**undecided: faster than in cache** (1 cell; headroom 0.3;" in text
     assert "**undecided: the L3 may limit the measure** (1 cell; headroom 1.5;" in text
     assert "**the reading of memory (per-block work, prefetch)** (1 cell; headroom 3.0;" in text
@@ -131,3 +134,50 @@ def test_a_slope_is_timed_again_while_the_larger_call_is_not_the_slower(monkeypa
     assert (rate, measures) == (100.0, 1)
     _, _, (rate,), measures = measures_of(*[inverted] * in_cache_bench.SLOPE_MEASURES)
     assert np.isnan(rate) and measures == in_cache_bench.SLOPE_MEASURES
+
+
+def test_a_geometry_sample_keeps_the_cells_geometry_in_its_cache_level():
+    """in_cache_bench.geometry_sample: GroupNorm channels first gets whole groups of the cell
+    (the same elements per group) small enough for the L2, two or three of them; every other
+    subset one sample of the cell's channels, rows halved until three fit in the L3's budget."""
+    from studies import in_cache_bench
+    from studies.in_cache_bench import BATCHES, GEOMETRY_BYTES, L2_SAMPLE_BYTES, geometry_sample
+
+    for shape in ("32x256x56x56", "8x64x224x224", "2x64x8x8"):
+        _, channels, height, width = (int(size) for size in shape.split("x"))
+        grouped = geometry_sample("group32", "NCHW", shape)
+        assert grouped.resident == "L2" and grouped.groups == 1
+        assert grouped.sample == (channels // 32, height, width)
+        assert grouped.batches[-1] * 4 * channels // 32 * height * width <= L2_SAMPLE_BYTES
+        for subset, layout in in_cache_bench.GEOMETRY_SUBSETS:
+            if (subset, layout) == ("group32", "NCHW"):
+                continue
+            sample = geometry_sample(subset, layout, shape)
+            assert (sample.resident, sample.groups, sample.batches) == ("L3", None, BATCHES)
+            assert sample.sample[0] == channels and sample.sample[2] == width
+            assert 3 * 4 * channels * sample.sample[1] * width <= GEOMETRY_BYTES
+    assert geometry_sample("group32", "NCHW", "32x256x56x56").batches == (1, 3)
+    assert geometry_sample("group32", "NCHW", "8x64x224x224").batches == (1, 2)
+    assert geometry_sample("batch", "NHWC", "8x64x224x224").sample == (64, 56, 224)
+
+
+def test_the_in_cache_section_names_the_least_certain_slopes():
+    """in_cache_bench.section: a (subset, layout) whose larger calls take under WEAK_DIFFERENCE
+    longer than the smaller (median over its cells) is named, and a target met there is counted
+    as resting on such a slope."""
+    from studies import in_cache_bench
+
+    def row(subset, layout, small_seconds, large_seconds, ratio):
+        return {"algorithm": "naive", "subset": subset, "layout": layout, "sample": "8x8x8",
+                "input_dtype": "float32", "acc_dtype": "float32", "small_seconds": small_seconds,
+                "large_seconds": large_seconds, "in_cache_ratio": ratio,
+                "in_cache_elements_per_s": 1e9, "read_elements_per_s": 1e9,
+                "read_gb_per_s_before": 4.0, "read_gb_per_s_after": 4.0}
+
+    frame = pd.DataFrame([row("batch", "NHWC", 100e-6, 105e-6, 2.5),
+                          row("layer", "NCHW", 100e-6, 150e-6, 2.5),
+                          row("layer", "NHWC", 100e-6, 150e-6, 1.5)])
+    assert list(in_cache_bench.weak_slopes(frame).index) == [("batch", "NHWC")]
+    text = in_cache_bench.section(frame)
+    assert "2 of 3 cells meet it (1 of them on the least certain slopes, below)" in text
+    assert "Least certain: the slopes of batch NHWC (median 5%)" in text
