@@ -42,11 +42,14 @@ import functools
 import math
 from collections import namedtuple
 
+import numba
 import numpy as np
 import pandas as pd
 
 import numerics
-from numerics import precision
+from numerics import algorithms, cpu, precision
+from numerics.cpu.scratch import aligned_zeros
+from numerics.cpu.segments import stream_chunks
 from studies import report
 
 #: input format -> accumulator formats measured (16-bit input accumulates in float32)
@@ -248,8 +251,64 @@ def measure_geometry(settings, seed):
             "geometry_read_ratio": read / rate}
 
 
-def section(frame):
-    """One table per format pair: rules x (subset, layout), in-cache rate / streaming read."""
+#: elements of the push probe's L2-resident run: 512 chunks of the topology's 64 lanes (128 KiB
+#: of float32), the probe pushing it PUSH_REPEATS times a call
+PUSH_ELEMENTS = 512 * 64
+PUSH_REPEATS = 16
+
+
+@numba.njit(nogil=True)
+def push_probe(ctx, data, chunks, lanes, center, firsts, seconds, repeats):
+    """The kernels' streaming loop alone (segments.stream_chunks: the family's push over whole
+    chunks of lanes, the vectors in flight of the segments kernel), ``repeats`` times over
+    ``data``: no block, no lane tree, no call around it. ``center`` is an argument, as in the
+    kernels, so that LLVM cannot drop its subtraction."""
+    for _ in range(repeats):
+        stream_chunks(ctx, data, 0, chunks, 0, center, lanes, firsts, seconds)
+
+
+def push_factors(profile):
+    """The push slice's factors: each family of rules (algorithms.ALGORITHMS) and format pair."""
+    smoke = profile == "smoke"
+    return {"family": tuple(dict.fromkeys(rule.family for rule in algorithms.ALGORITHMS.values())),
+            "formats": tuple(f"{inp}>{acc}" for inp, acc in (SMOKE_PRECISIONS if smoke
+                                                           else PRECISIONS)),
+            "probe_bytes": (SMOKE_PROBE_BYTES if smoke else PROBE_BYTES,),
+            "seconds": (0.02 if smoke else 0.3,)}
+
+
+def measure_push(settings, seed):
+    """One push row: elements per second of push_probe on one thread (median of calls taken
+    in turn), and the single-thread streaming read from memory around it."""
+    from studies import performance
+    input_dtype, acc_dtype = settings["formats"].split(">")
+    topology = numerics.TOPOLOGIES[numerics.DEFAULT_TOPOLOGY]
+    compute_type = precision.COMPUTE_DTYPES[acc_dtype]
+    values = np.random.default_rng(seed).standard_normal(PUSH_ELEMENTS, dtype=np.float32)
+    data = values.astype(precision.NUMPY_DTYPES[input_dtype])
+    if data.itemsize == 2:  # the kernels read 16-bit formats as their bit patterns
+        data = data.view(np.uint16)
+    ctx = cpu.context(settings["family"], input_dtype, acc_dtype, True)
+    call = functools.partial(
+        push_probe, ctx, data, PUSH_ELEMENTS // topology.lanes, topology.lanes,
+        compute_type.type(0), aligned_zeros((topology.lanes,), compute_type),
+        aligned_zeros((topology.lanes,), compute_type), PUSH_REPEATS)
+    probe = performance.read_probe(settings["probe_bytes"], seed)
+    performance.set_threads(1)
+    before = probe.measure(1)
+    medians, calls_timed = performance.interleaved_medians({"push": call}, settings["seconds"])
+    after = probe.measure(1)
+    push = PUSH_ELEMENTS * PUSH_REPEATS / medians["push"]
+    read = (before + after) / 2 * 1e9 / np.dtype(precision.NUMPY_DTYPES[input_dtype]).itemsize
+    return {"table": "performance_push", "input_dtype": input_dtype, "acc_dtype": acc_dtype,
+            "calls": calls_timed, "push_seconds": medians["push"], "push_elements_per_s": push,
+            "read_gb_per_s_before": before, "read_gb_per_s_after": after,
+            "read_elements_per_s": read, "push_ratio": push / read}
+
+
+def section(frame, push=None):
+    """One table per format pair: rules x (subset, layout), in-cache rate / streaming read; then
+    the push alone (``push``, the push slice's rows) and the cause of each miss it decides."""
     if frame is None or frame.empty:
         return "(not measured)"
     meets = frame.in_cache_ratio >= TARGET_RATIO
@@ -289,7 +348,45 @@ def section(frame):
         lines.append(report.markdown_table(
             table.reset_index().rename(columns={"algorithm": "rule"}),
             formats={column: ratio_mark for column in table.columns}))
+    lines.append(push_section(frame, push))
     return "\n".join(lines)
+
+
+def push_section(frame, push):
+    """The push slice's ratios (family x format pair), and the in-cache misses split by their
+    rule's ceiling: its family's push alone over its passes, against the cell's own read."""
+    if push is None or push.empty:
+        return "\n### The push alone\n\n(not measured)"
+    push = push.assign(pair=push.input_dtype + ">" + push.acc_dtype)
+    table = push.pivot_table(index="family", columns="pair", values="push_ratio", sort=False)
+    rules = {family: ", ".join(name for name, rule in algorithms.ALGORITHMS.items()
+                               if rule.family == family) for family in table.index}
+    table.index = [f"{family} ({rules[family]})" for family in table.index]
+    rates = push.set_index(["family", "pair"]).push_elements_per_s
+    rules_of = frame.algorithm.map(algorithms.ALGORITHMS)
+    ceiling = pd.Series([rates.get((rule.family, f"{inp}>{acc}"), np.nan) / rule.passes
+                         for rule, inp, acc in zip(rules_of, frame.input_dtype, frame.acc_dtype)],
+                        index=frame.index) / frame.read_elements_per_s
+    misses = frame.in_cache_ratio < TARGET_RATIO
+    by_push = (misses & (ceiling < TARGET_RATIO)).sum()
+    by_rest = (misses & (ceiling >= TARGET_RATIO)).sum()
+    unmeasured = misses.sum() - by_push - by_rest
+    return "\n".join([
+        f"\n### The push alone\n\nThe kernels' streaming loop alone (`push_probe`: each family's "
+        f"push over a run of {PUSH_ELEMENTS:,} elements in the L2, {PUSH_REPEATS} times a call, "
+        f"without blocks, lane trees or the call around them; one thread), its elements per "
+        f"second over the single-thread streaming read measured around it:\n",
+        report.markdown_table(table.reset_index().rename(columns={"index": "family (rules)"}),
+                              formats={column: ratio_mark for column in table.columns}),
+        f"\nA rule's ceiling in cache is its family's push over its passes (two for the "
+        f"two-pass rules). Of the {misses.sum()} measured in-cache misses above, **{by_push} are "
+        f"the push itself**: the ceiling is under {TARGET_RATIO:g}× the read measured around the "
+        f"cell, so the rule's arithmetic per element, in the order that fixes its bits, runs too "
+        f"slowly for the target and no change around it can reach it; **{by_rest} lose it in "
+        f"the rest of the kernel**: the ceiling reaches {TARGET_RATIO:g}×, and the blocks (each "
+        f"zeroes its lane states and runs its lane tree), the gathering of short runs and the "
+        f"groups' lane trees take the difference (docs/architecture.md section 9)"
+        + (f"; {unmeasured} have no measured push." if unmeasured else ".")])
 
 
 def weak_slopes(frame):

@@ -25,7 +25,9 @@ streaming read measured around it; the ``geometry`` slice measures the same slop
 that keep each cell shape's geometry where the in-cache samples do not (GroupNorm channels first:
 whole groups of the cell, in the L2; GroupNorm, InstanceNorm and BatchNorm channels last: one
 sample of the cell shape, in the L3). The gaps section uses both to give each missed cell a
-measured cause.
+measured cause. The ``push`` slice times the kernels' streaming loop alone (each family's push
+over a run in the L2), the ceiling of the in-cache rate, which says whether an in-cache miss is the
+push itself or the rest of the kernel.
 
 Latency (the ``latency`` slice): small and mid-sized tensors, where a call's fixed cost shows, are
 timed in cache on one tensor, numerics and the PyTorch calls in turn (``interleaved_medians``).
@@ -299,6 +301,8 @@ def cell(cell):
         return [in_cache_bench.measure(cell.settings, cell.seed)]
     if cell.slice == "geometry":
         return [in_cache_bench.measure_geometry(cell.settings, cell.seed)]
+    if cell.slice == "push":
+        return [in_cache_bench.measure_push(cell.settings, cell.seed)]
     return timing_cell(cell.settings, cell.seed)
 
 
@@ -776,8 +780,8 @@ def report_section(results):
   and after); `data/performance_latency.parquet` (the latency table),
   `data/performance_correctly_rounded.parquet` (the correctly rounded rule),
   `data/performance_in_cache.parquet` (in-cache rates and the streaming read around each),
-  `data/performance_geometry.parquet` (GroupNorm's and InstanceNorm channels last's rates on one
-  sample of each cell shape),
+  `data/performance_geometry.parquet` (the rates at each cell shape's own geometry where the
+  in-cache samples do not keep it), `data/performance_push.parquet` (the push alone),
   `data/performance_first_call.parquet`, `data/performance_reference.parquet`
 
 ## Targets
@@ -792,7 +796,7 @@ cell.
 
 ## In-cache throughput against the streaming read (issue 12)
 
-{in_cache_bench.section(in_cache)}
+{in_cache_bench.section(in_cache, results.tables.get("performance_push"))}
 
 ## Where the targets are missed, and why
 
@@ -865,10 +869,11 @@ def grid(profile):
     geometry = engine.Slice("geometry", in_cache_bench.geometry_factors(
         profile, rules, tuple("x".join(map(str, shape)) for shape in shapes)),
         keep=in_cache_bench.keeps_geometry)
+    push = engine.Slice("push", in_cache_bench.push_factors(profile))
     correctly_rounded = engine.Slice("correctly_rounded", {
         "case": tuple(correctly_rounded_cases(profile)), "profile": (profile,),
         "threads": threads, "repetitions": (2 if smoke else 5,)})
-    return (timings, in_cache, geometry, latency, correctly_rounded,
+    return (timings, in_cache, geometry, push, latency, correctly_rounded,
             engine.Slice("first_call", {"process": ("fresh",)}),
             engine.Slice("reference", {"elements": (200_000 if smoke else 10_000_000,),
                                        "repetitions": (2 if smoke else 3,)}))
@@ -882,7 +887,7 @@ TIMING_COLUMNS = ("median_seconds", "seconds", "gb_per_s", "read_gb_per_s_before
                   "default_elements_per_s", "small_seconds", "large_seconds",
                   "in_cache_elements_per_s", "call_elements_per_s", "in_cache_ratio",
                   "geometry_elements_per_s", "geometry_read_elements_per_s",
-                  "geometry_read_ratio")
+                  "geometry_read_ratio", "push_seconds", "push_elements_per_s", "push_ratio")
 STUDY = engine.Study("performance", "Performance of the CPU kernels", grid, cell, report_section,
                      seed_factors=("shape",), timing_columns=TIMING_COLUMNS, serial=True,
                      derive=with_peer_ratios)

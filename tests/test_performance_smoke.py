@@ -56,6 +56,10 @@ def test_smoke_bench_writes_the_report(tmp_path):
     in_l2 = (geometry.subset == "group32") & (geometry.layout == "NCHW")
     assert set(geometry.resident[in_l2]) == {"L2"} and set(geometry.resident[~in_l2]) == {"L3"}
     assert (geometry[["small_seconds", "large_seconds"]] > 0).all().all()
+    push = pd.read_parquet(tmp_path / "data" / "performance_push.parquet")
+    assert len(push) == 3 * 2  # the three families, the smoke profile's two format pairs
+    assert (push[["push_elements_per_s", "read_elements_per_s"]] > 0).all().all()
+    assert "### The push alone" in text and "measured in-cache misses above" in text
     assert "Each miss gets the first cause below" in text
     for name in ("performance_first_call", "performance_reference"):
         assert len(pd.read_parquet(tmp_path / "data" / f"{name}.parquet")) == 1
@@ -181,3 +185,26 @@ def test_the_in_cache_section_names_the_least_certain_slopes():
     text = in_cache_bench.section(frame)
     assert "2 of 3 cells meet it (1 of them on the least certain slopes, below)" in text
     assert "Least certain: the slopes of batch NHWC (median 5%)" in text
+
+
+def test_an_in_cache_miss_is_the_push_itself_where_its_ceiling_is_under_the_target():
+    """in_cache_bench.push_section: a rule's ceiling is its family's push alone over its passes,
+    against the read around its cell; a miss whose ceiling is under 2 is the push's, one whose
+    ceiling reaches 2 the rest of the kernel's; an unmeasured slope is no miss."""
+    from studies import in_cache_bench
+
+    def row(algorithm, ratio):
+        return {"algorithm": algorithm, "input_dtype": "float32", "acc_dtype": "float32",
+                "in_cache_ratio": ratio, "read_elements_per_s": 1e9}
+
+    frame = pd.DataFrame([row("naive", 1.5), row("two_pass", 1.0), row("welford", 1.2),
+                          row("shifted", float("nan")), row("parallel_merge", 1.0)])
+    push = pd.DataFrame([{"family": family, "input_dtype": "float32", "acc_dtype": "float32",
+                          "push_elements_per_s": rate, "push_ratio": rate / 1e9}
+                         for family, rate in (("centered_sums", 3e9), ("welford_updates", 1.5e9))])
+    text = in_cache_bench.push_section(frame, push)
+    # naive: ceiling 3, two_pass: 3 / 2 passes = 1.5, welford: 1.5; parallel_merge: no push
+    assert "Of the 4 measured in-cache misses above, **2 are the push itself**" in text
+    assert "**1 lose it in the rest of the kernel**" in text
+    assert "; 1 have no measured push." in text
+    assert "| centered_sums (naive, shifted, two_pass, corrected_two_pass) | 3.0 |" in text
