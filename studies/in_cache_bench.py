@@ -7,11 +7,12 @@ of a core (``getconf LEVEL2_CACHE_SIZE`` on the bench machine): batches 1 and 3 
 (C, H, W) of about 25 000 elements, 98 and 294 KiB in float32. The sample keeps the runs and groups
 of the bandwidth cells' (32, 256, 56, 56) (SAMPLES): per-group work (a group's lane tree) costs as
 much per element here as there, except GroupNorm, whose 32 groups per sample hold 784 elements
-here against 25 088 there (its ratio errs low), and InstanceNorm channels last, whose groups step
-over 8 channels here against 256 there.
+here against 25 088 there (its ratio errs low), InstanceNorm channels last, whose groups step
+over 8 channels here against 256 there, and BatchNorm channels last, whose rows hold 64 channels
+(CHANNELS_LAST_SAMPLES).
 A call on such a tensor also pays 20 to 100 µs of fixed cost (Python, argument checks, dispatch,
-the thread pool; BatchNorm channels last's lane tree over 64 lane rows of 256 channels), more than
-its arithmetic, so the cell's in-cache rate is the slope between the
+the thread pool, the lane trees), more than its arithmetic, so the cell's in-cache rate is the
+slope between the
 two sizes: Δelements / Δseconds of the two sizes' median calls, taken in turn
 (studies.performance.interleaved_medians; timed again, up to SLOPE_MEASURES times, where the
 larger tensor's median call was not the slower): the marginal cost of an element already in cache,
@@ -23,8 +24,8 @@ machine's memory is in.
 
 The causes of the bandwidth misses need the arithmetic's rate at the cell's own geometry, which the
 samples above do not keep for GroupNorm (its groups), InstanceNorm channels last (its rows of 256
-channels) and BatchNorm channels last (whose L2 sample's slope is ill-conditioned: its calls'
-fixed lane tree outweighs the elements between the two sizes) (GEOMETRY_SUBSETS). For those the
+channels) and BatchNorm channels last (its rows of 256 channels, thousands per lane row)
+(GEOMETRY_SUBSETS). For those the
 ``geometry`` slice times the same slope on a sample that keeps the cell's geometry
 (``geometry_sample``), float32 input:
 
@@ -61,7 +62,12 @@ SMOKE_PRECISIONS = (("float32", "float32"), ("float16", "float32"))
 #: channels last (GroupNorm's 32 groups per sample then hold 784 elements, 25 088 in the cells)
 SAMPLES = {"batch": (8, 56, 56), "layer": (8, 56, 56), "instance": (8, 56, 56),
            "group32": (256, 7, 14)}
-CHANNELS_LAST_SAMPLES = {"batch": (256, 7, 14)}
+#: BatchNorm channels last: rows of 64 channels (the (8, 64, 224, 224) cells'), 392 rows a sample.
+#: With 256 channels a sample holds 98 rows, one or two for each of the 64 lane rows, and the
+#: slope between batches 1 and 3 measured the lane rows' start (one to five rows each), not the
+#: push: parallel_merge at 24-27 G elements/s, above its push alone (push_probe), against 8.6
+#: with 392 rows (docs/architecture.md section 9)
+CHANNELS_LAST_SAMPLES = {"batch": (64, 14, 28)}
 SMOKE_SAMPLES = {"batch": (8, 8, 8), "layer": (8, 8, 8), "instance": (8, 8, 8),
                  "group32": (64, 2, 4)}
 BATCHES = (1, 3)
@@ -165,10 +171,9 @@ def measure(settings, seed):
             "read_elements_per_s": read, "in_cache_ratio": in_cache / read}
 
 
-#: the (subset, layout) whose in-cache sample does not give the cells' geometry: GroupNorm's
+#: the (subset, layout) whose in-cache sample does not keep the cells' geometry: GroupNorm's
 #: groups of 25 088 elements, InstanceNorm's channels-last rows of 256 channels, BatchNorm
-#: channels last's ill-conditioned slope (its calls' lane tree over 256 channels outweighs the
-#: 50 000 elements between the two sizes: the medians do not resolve their difference)
+#: channels last's rows of 256 channels and thousands of rows per lane
 GEOMETRY_SUBSETS = (("group32", "NCHW"), ("group32", "NHWC"), ("instance", "NHWC"),
                     ("batch", "NHWC"))
 #: the format pairs of the geometry slice: those of the bandwidth targets (float32 input)

@@ -61,7 +61,7 @@ def _stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts,
             stream_states_singly(ctx, x2, row_lo, rows_per_lane, lane_rows, 0,
                                  lane_rows * x2.shape[1], row_centers, counts, firsts, seconds)
         return run
-    in_flight = vectors_in_flight(ctx.acc_format)
+    in_flight = vectors_in_flight(ctx)
     width = width_of(ctx)
 
     def run(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds):

@@ -5,7 +5,7 @@ from math import prod
 import numpy as np
 from numba.extending import overload
 
-from .. import precision
+from .. import algorithms, precision
 from ..targets import INTERNAL
 
 #: bytes of a SIMD register: 256-bit AVX2 (an AVX-512 machine runs the same code on its ymm halves)
@@ -40,13 +40,17 @@ def is_simd(acc_format, lanes):
     return acc_format in ("float32", "float64") and lanes % vector_width(acc_format) == 0
 
 
-def vectors_in_flight(acc_format):
-    """How many independent vector states one inner loop updates: enough to cover the latency of
-    a push (Welford's chain is subtract, divide, add: about 17 cycles) and to make the sweeps over
-    a block few (a centered sum's chain is one add, but every sweep re-reads the block), few
-    enough that the states (two per vector) stay near the 16 AVX2 registers (docs/architecture.md
-    trap 8)."""
-    return 8 if acc_format == "float32" else 4
+def vectors_in_flight(ctx):
+    """How many independent vector states one inner loop of a CpuContext (type) updates: enough to
+    cover the latency of a push (Welford's chain is subtract, divide, add: about 17 cycles) and to
+    make the sweeps over a block few (a centered sum's chain is one add, but every sweep re-reads
+    the block), few enough that the states (two per vector) stay near the 16 AVX2 registers
+    (docs/architecture.md trap 8). Float64 centered sums keep 4: with 8 the rows kernel, whose
+    centers are a vector per column, ran 5-15 % slower in cache; Welford's and Chan's divides
+    gained 10-35 % from 8 (docs/architecture.md section 9)."""
+    if ctx.acc_format == "float32" or ctx.family != algorithms.CENTERED_SUMS:
+        return 8
+    return 4
 
 
 def width_of(ctx):
@@ -62,7 +66,7 @@ def _width_of(ctx):
 
 def tile_columns(ctx):
     """Lanes of one tile of in-flight vectors of a CpuContext (compiled code only)."""
-    return vectors_in_flight(ctx.acc_format) * width_of(ctx)
+    return vectors_in_flight(ctx) * width_of(ctx)
 
 
 @overload(tile_columns, jit_options=INTERNAL)

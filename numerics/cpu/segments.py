@@ -33,7 +33,7 @@ def stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
 @overload(stream_chunks, jit_options=INTERNAL)
 def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
     if ctx.vectorized:
-        in_flight = vectors_in_flight(ctx.acc_format)
+        in_flight = vectors_in_flight(ctx)
         width = width_of(ctx)
 
         def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
