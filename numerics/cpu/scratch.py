@@ -46,8 +46,9 @@ def vectors_in_flight(ctx):
     make the sweeps over a block few (a centered sum's chain is one add, but every sweep re-reads
     the block), few enough that the states (two per vector) stay near the 16 AVX2 registers
     (docs/architecture.md trap 8). Float64 centered sums keep 4: with 8 the rows kernel, whose
-    centers are a vector per column, ran 5-15 % slower in cache; Welford's and Chan's divides
-    gained 10-35 % from 8 (docs/architecture.md section 9)."""
+    centers are a vector per column, ran 5-20 % slower in cache; Welford's and Chan's pushes,
+    whose divides have the long chains, ran 5-37 % faster with 8 (docs/architecture.md
+    section 9)."""
     if ctx.acc_format == "float32" or ctx.family != algorithms.CENTERED_SUMS:
         return 8
     return 4
