@@ -65,7 +65,9 @@ def studies_source_hash():
 
 def provenance(seed, profile):
     """What made a run's outputs: code version, date, package versions, seed and profile."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # reports/ holds outputs, not code: `make bench` after `make study` runs the same commit
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)reports")
     return {
         "git_commit": _git("rev-parse", "HEAD") or "unknown",
         # uncommitted edits to tracked files: the commit alone does not identify the code

@@ -123,3 +123,28 @@ def test_bad_options_name_the_option():
         completed = subprocess.run([sys.executable, "-m", "studies.run_all", *arguments],
                                    cwd=REPOSITORY, capture_output=True, text=True)
         assert completed.returncode == 2 and message in completed.stderr, completed.stderr
+
+
+def test_provenance_counts_only_edits_outside_reports_as_uncommitted(tmp_path, monkeypatch):
+    """studies.report.provenance: an edited tracked file makes a run "uncommitted", an edited
+    report (an earlier run's output under reports/) does not."""
+    import subprocess
+
+    from studies import report
+
+    def git(*arguments):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *arguments],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "REPORT.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(report, "REPOSITORY", tmp_path)
+    assert report.provenance(0, "smoke")["git_dirty"] is False
+    (tmp_path / "reports" / "REPORT.md").write_text("new\n")
+    assert report.provenance(0, "smoke")["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert report.provenance(0, "smoke")["git_dirty"] is True
