@@ -147,20 +147,28 @@ def measured_slopes(small, large, calls, seconds, pairs):
     return medians, calls_timed, slopes, measures
 
 
+def beside_read(probe_bytes, seed, itemsize, timing):
+    """``timing()`` on one thread between two single-thread streaming reads from memory: its
+    result, the reads before and after (GB/s) and their mean in elements of ``itemsize`` bytes
+    per second."""
+    from studies import performance
+    probe = performance.read_probe(probe_bytes, seed)
+    performance.set_threads(1)
+    before = probe.measure(1)
+    result = timing()
+    after = probe.measure(1)
+    return result, before, after, (before + after) / 2 * 1e9 / itemsize
+
+
 def measure(settings, seed):
     """One in-cache row: the two sizes' median seconds, the marginal elements per second, the
     streaming read around it and their ratio."""
-    from studies import performance
     input_dtype, acc_dtype = settings["formats"].split(">")
     sample = sample_shape(settings["subset"], settings["layout"], settings["profile"])
     small, large, calls = sample_calls(settings, sample, seed)
-    probe = performance.read_probe(settings["probe_bytes"], seed)
-    performance.set_threads(1)
-    before = probe.measure(1)
-    medians, calls_timed, (in_cache,), measures = measured_slopes(
-        small, large, calls, settings["seconds"], [("small", "large")])
-    after = probe.measure(1)
-    read = (before + after) / 2 * 1e9 / small.itemsize
+    (medians, calls_timed, (in_cache,), measures), before, after, read = beside_read(
+        settings["probe_bytes"], seed, small.itemsize,
+        lambda: measured_slopes(small, large, calls, settings["seconds"], [("small", "large")]))
     small_seconds, large_seconds = medians["small"], medians["large"]
     return {"table": "performance_in_cache", "input_dtype": input_dtype, "acc_dtype": acc_dtype,
             "sample": "x".join(map(str, sample)),
@@ -298,13 +306,10 @@ def measure_push(settings, seed):
         push_probe, ctx, data, PUSH_ELEMENTS // topology.lanes, topology.lanes,
         compute_type.type(0), aligned_zeros((topology.lanes,), compute_type),
         aligned_zeros((topology.lanes,), compute_type), PUSH_REPEATS)
-    probe = performance.read_probe(settings["probe_bytes"], seed)
-    performance.set_threads(1)
-    before = probe.measure(1)
-    medians, calls_timed = performance.interleaved_medians({"push": call}, settings["seconds"])
-    after = probe.measure(1)
+    (medians, calls_timed), before, after, read = beside_read(
+        settings["probe_bytes"], seed, data.itemsize,
+        lambda: performance.interleaved_medians({"push": call}, settings["seconds"]))
     push = PUSH_ELEMENTS * PUSH_REPEATS / medians["push"]
-    read = (before + after) / 2 * 1e9 / np.dtype(precision.NUMPY_DTYPES[input_dtype]).itemsize
     return {"table": "performance_push", "input_dtype": input_dtype, "acc_dtype": acc_dtype,
             "calls": calls_timed, "push_seconds": medians["push"], "push_elements_per_s": push,
             "read_gb_per_s_before": before, "read_gb_per_s_after": after,
@@ -318,7 +323,8 @@ def section(frame, push=None):
         return "(not measured)"
     meets = frame.in_cache_ratio >= TARGET_RATIO
     met = meets.sum()
-    weak = frame.set_index(["subset", "layout"]).index.isin(weak_slopes(frame).index)
+    weak_medians = weak_slopes(frame)
+    weak = frame.set_index(["subset", "layout"]).index.isin(weak_medians.index)
     met_weakly = (f" ({(meets & weak).sum()} of them on the least certain slopes, below)"
                   if (meets & weak).any() else "")
     probes = pd.concat([frame.read_gb_per_s_before, frame.read_gb_per_s_after])
@@ -336,7 +342,7 @@ def section(frame, push=None):
              f"{SLOPE_MEASURES} measures). "
              f"Streaming read (one thread): median "
              f"{probes.median():.1f} GB/s (range {probes.min():.1f} to {probes.max():.1f})."
-             f"{conditioning_line(frame)}"]
+             f"{conditioning_line(weak_medians)}"]
     for (input_dtype, acc_dtype), cells in frame.groupby(["input_dtype", "acc_dtype"],
                                                         sort=False):
         # every cell keeps its column, an unmeasured slope (NaN) too, in the cells' order
@@ -404,9 +410,8 @@ def weak_slopes(frame):
     return medians[medians < WEAK_DIFFERENCE]
 
 
-def conditioning_line(frame):
-    """Where the slopes are least certain (weak_slopes), for the report."""
-    weak = weak_slopes(frame)
+def conditioning_line(weak):
+    """Where the slopes are least certain (``weak``: weak_slopes), for the report."""
     if weak.empty:
         return ""
     listed = ", ".join(f"{subset} {layout} (median {value:.0%})"
