@@ -275,14 +275,17 @@ def borrowed(typingctx, array):
 
 @intrinsic
 def borrowed_tuple(typingctx, arrays):
-    """A tuple (or namedtuple) of arrays with every array ``borrowed``."""
+    """A tuple (or namedtuple) of arrays, and of Nones in place of arrays a kernel does not use,
+    with every array ``borrowed``."""
     if not (isinstance(arrays, types.BaseTuple)
-            and all(isinstance(member, types.Array) for member in arrays)):
+            and all(isinstance(member, (types.Array, types.NoneType)) for member in arrays)):
         return None
 
     def codegen(context, builder, signature, arguments):
-        members = [_borrow(context, builder, member, builder.extract_value(arguments[0], index))
-                   for index, member in enumerate(arrays)]
+        members = [builder.extract_value(arguments[0], index) for index in range(len(arrays))]
+        members = [_borrow(context, builder, member, value)
+                   if isinstance(member, types.Array) else value
+                   for member, value in zip(arrays, members)]
         return context.make_tuple(builder, arrays, members)
 
     return arrays(arrays), codegen

@@ -63,6 +63,7 @@ def test_smoke_bench_writes_the_report(tmp_path):
     assert "Each miss gets the first cause below" in text
     for name in ("performance_first_call", "performance_reference"):
         assert len(pd.read_parquet(tmp_path / "data" / f"{name}.parquet")) == 1
+    assert "- Fresh process, GroupNorm (8, 64, 16, 16), G = 32" in text
 
 
 def test_a_latency_miss_is_named_by_the_part_that_exceeds_pytorch():

@@ -157,13 +157,15 @@ class Geometry(MeasuredWork):
             self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data_shape[2]
             self.units_kernel, self.two_pass_kernel = rows.row_units, rows.row_two_pass
             self.gathered_length = self.transposed_length = 0
-            self.shape = (self.lanes, view.reduced_inner, self.block)
+            self.paths = ()
+            self.unit_arguments = (self.lanes, view.reduced_inner, self.block)
         else:
             self.data_shape = view.view_shape
             self.blocks = -(-view.group_size // self.block)
             self.units, self.owners = view.group_count * self.blocks, view.group_count
             self.lane_rows, self.columns = 1, 1
-            self.units_kernel, self.two_pass_kernel = segments.segment_units, segments.segment_two_pass
+            self.units_kernel = segments.segment_units
+            self.two_pass_kernel = segments.segment_two_pass
             # short runs that end inside chunks of lanes are gathered into whole chunks, and
             # groups of a few chunks in one block run side by side in the vector lanes
             # (segments.py)
@@ -174,7 +176,16 @@ class Geometry(MeasuredWork):
             self.gathered_length = GATHERED_CHUNKS * self.lanes if gathers else 0
             self.transposed_length = (vector_width(acc_format) * view.group_size if small
                                       else 0)
-            self.shape = (self.lanes, self.block)
+            # the path the kernel compiles, as one None argument of two (segments.segment_units)
+            self.paths = (True, None) if small else (None, True)
+            self.unit_arguments = (self.lanes, self.block, *self.paths)
+        # what a unit kernel's specialization depends on besides its data (numerics.cache.call):
+        # the path, and whether the scratch has a gathering buffer or None (new_scratch)
+        self.kernel_key = (self.ctx, *self.paths, self.gathered_length > 0)
+        # the finishing kernels merge each group's blocks by the block tree where it has several
+        # (True), and compile no merge where it has one (None: numerics.cpu.finish)
+        self.block_tree = True if self.blocks > 1 else None
+        self.finish_key = (self.finish_ctx, self.block_tree)
         self.state_count = view.group_count * self.blocks
         state_bytes = self.state_count * (8 + 2 * np.dtype(self.compute_type).itemsize)
         self.keeps_states = state_bytes <= KEPT_STATE_BYTES
@@ -256,9 +267,9 @@ class CpuTarget:
         """One pass, whatever the plan's ``mode``: the two-pass rules' context is already the
         centered sums', and pass one's centers are zeros."""
         geometry = self.geometry
-        ran, work = run_split(geometry.units_kernel, (geometry.ctx,) + self.data_key,
-                              geometry.units, (geometry.ctx, self.data, centers, *geometry.shape),
-                              self.scratches[:self.threads], self.states)
+        leading = (geometry.ctx, self.data, centers, *geometry.unit_arguments)
+        ran, work = run_split(geometry.units_kernel, geometry.kernel_key + self.data_key,
+                              geometry.units, leading, self.scratches[:self.threads], self.states)
         self.ran, self.work = max(self.ran, ran), self.work + work
 
     def both_passes(self, centers):
@@ -271,25 +282,26 @@ class CpuTarget:
             return None
         if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
             return None
-        self.ran, work = run_split(geometry.two_pass_kernel, (geometry.ctx,) + self.data_key,
-                                   owners, (geometry.ctx, self.data, centers, *geometry.shape),
-                                   self.scratches[:threads], self.states)
+        leading = (geometry.ctx, self.data, centers, *geometry.unit_arguments)
+        self.ran, work = run_split(geometry.two_pass_kernel, geometry.kernel_key + self.data_key,
+                                   owners, leading, self.scratches[:threads], self.states)
         self.work += work
         self.fused = True
         return centers
 
     def pass_one_means(self, centers):
         geometry = self.geometry
-        cache.call(finish.pass_one_means, (geometry.finish_ctx,), geometry.finish_ctx,
-                   geometry.blocks, *self.states, centers)
+        cache.call(finish.pass_one_means, geometry.finish_key, geometry.finish_ctx,
+                   geometry.blocks, geometry.block_tree, *self.states, centers)
         return centers
 
     def finalize(self, algorithm, centers, ddof):
         geometry = self.geometry
         means = np.empty(geometry.view.group_count, geometry.compute_type)
         variances = np.empty(geometry.view.group_count, geometry.compute_type)
-        cache.call(finish.finalize_all, (geometry.finish_ctx,), geometry.finish_ctx, algorithm,
-                   geometry.blocks, *self.states, centers, means, variances, ddof)
+        cache.call(finish.finalize_all, geometry.finish_key, geometry.finish_ctx, algorithm,
+                   geometry.blocks, geometry.block_tree, *self.states, centers, means,
+                   variances, ddof)
         return means, variances
 
 

@@ -1,5 +1,10 @@
 """Serial kernels around the unit kernels: the shift of each group, and each group's unit states
-merged by the block tree, then turned into the pass-one mean or finalized."""
+merged by the block tree, then turned into the pass-one mean or finalized.
+
+``block_tree`` is True where groups have several blocks and None where each group is one block:
+numba removes the branch on a None argument before it types the function, so a kernel of
+one-block groups compiles no block tree (a quarter of a second of a first call's compilation,
+docs/architecture.md 2.7)."""
 from .. import algorithms, cache
 from ..topology import merge_blocks
 
@@ -12,25 +17,22 @@ def first_elements(ctx, x4, centers):
 
 
 @cache.cached()
-def pass_one_means(ctx, blocks, unit_counts, unit_firsts, unit_seconds, centers):
+def pass_one_means(ctx, blocks, block_tree, unit_counts, unit_firsts, unit_seconds, centers):
     flat = centers.reshape(-1)
     for group in range(flat.shape[0]):
         unit = group * blocks
-        if blocks > 1:  # see finalize_all
+        if block_tree is not None:
             merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
         flat[group] = algorithms.pass_one_mean(ctx, unit_counts[unit], unit_firsts[unit])
 
 
 @cache.cached()
-def finalize_all(ctx, algorithm, blocks, unit_counts, unit_firsts, unit_seconds, centers,
-                 means, variances, ddof):
+def finalize_all(ctx, algorithm, blocks, block_tree, unit_counts, unit_firsts, unit_seconds,
+                 centers, means, variances, ddof):
     flat_centers = centers.reshape(-1)
     for group in range(means.shape[0]):
         unit = group * blocks
-        # a group of one block has nothing to merge, and the call alone (with its three array
-        # views) cost 25-40 ns a group: the whole finalize of many small groups
-        # (docs/architecture.md, section 2.8)
-        if blocks > 1:
+        if block_tree is not None:
             merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
         means[group], variances[group] = algorithms.finalize(ctx, algorithm, unit_counts[unit],
                                                              flat_centers[group],

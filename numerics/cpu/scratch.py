@@ -110,6 +110,8 @@ def new_scratch(lanes, acc_format, input_dtype, gathered_length=0, transposed_le
         row_seconds=np.empty((lane_rows, columns), compute_type),
         row_centers=np.empty((lane_rows, columns), compute_type),
         lane_counts=np.empty(lanes, np.int64),
-        gathered=np.empty(gathered_length, input_dtype),
+        # None where the geometry gathers nothing: its kernel then compiles no gathering
+        # (segments.block_lanes)
+        gathered=np.empty(gathered_length, input_dtype) if gathered_length else None,
         transposed=np.empty(transposed_length, input_dtype),
         member_centers=np.empty(width, compute_type))

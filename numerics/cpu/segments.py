@@ -133,10 +133,10 @@ def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, sec
         counts[lane] = 0
         firsts[lane] = zero
         seconds[lane] = zero
-    gathering = gathered.shape[0] > 0 and stop - start > reduced_inner
     i = start
     while i < stop:
-        if gathering:
+        # ``gathered`` None: numba removes this branch before it types the function
+        if gathered is not None and stop - start > reduced_inner:
             j, end = 0, min(stop - i, gathered.shape[0])
             gather_elements(x4, k1, k2, i, end, gathered)
             row = gathered
@@ -266,9 +266,11 @@ def _small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
 
 
 @cache.cached(nogil=True)
-def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, unit_counts,
-                  unit_firsts, unit_seconds):
-    """Block states of units unit_lo..unit_hi-1 (unit = group * blocks + block index)."""
+def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, unit_lo, unit_hi,
+                  scratch, unit_counts, unit_firsts, unit_seconds):
+    """Block states of units unit_lo..unit_hi-1 (unit = group * blocks + block index), their lane
+    states computed with groups of one small block each side by side in the vector lanes
+    (``small_groups`` True, ``block_by_block`` None) or block by block (the other way round)."""
     # borrowed: the caller keeps every array alive (simd.borrowed)
     x4, centers, scratch = simd.borrowed(x4), simd.borrowed(centers), simd.borrowed_tuple(scratch)
     unit_counts, unit_firsts = simd.borrowed(unit_counts), simd.borrowed(unit_firsts)
@@ -278,8 +280,6 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
     size = x4.shape[1] * x4.shape[3]
     blocks = (size + block - 1) // block
     last_length = size - (blocks - 1) * block
-    # the lanes of a folded batch: the first ``width`` of each warp (gather_member)
-    folded_lanes = lanes // min(lanes, WARP_SIZE) * width
     # unit = (k1 * kept_inner + k2) * blocks + b, advanced without divisions
     group = unit_lo // blocks
     b = unit_lo - group * blocks
@@ -296,11 +296,13 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
             members = min(width, unit_hi - unit, blocks - 1 - b)
         else:
             members = 1
-        if scratch.transposed.shape[0] > 0:
-            # groups of one small block each (the caller's choice: numerics.cpu.Geometry)
+        batch_lanes, warp = lanes, WARP_SIZE
+        # a compile-time choice: numba removes the branch on a None argument before it types the
+        # function, so a kernel compiles only the path its geometry takes (docs/architecture.md
+        # 2.7)
+        if small_groups is not None:
             k1, k2 = small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch)
-            batch_lanes, warp = lanes, WARP_SIZE
-        else:
+        if block_by_block is not None:
             folded = -1
             for w in range(members):
                 start = b * block
@@ -319,9 +321,10 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
                 gather_member(folded, w, lanes, width, scratch.member_firsts,
                               scratch.member_seconds, scratch.batch_firsts,
                               scratch.batch_seconds)
-            # a folded batch's tree is the rest of each warp's, on its first ``width`` lanes, then
-            # across the warps (topology.merge_lanes with a warp of ``width`` lanes)
-            batch_lanes, warp = (folded_lanes, width) if folded >= 0 else (lanes, WARP_SIZE)
+            if folded >= 0:
+                # a folded batch's tree is the rest of each warp's, on its first ``width`` lanes,
+                # then across the warps (topology.merge_lanes with a warp of ``width`` lanes)
+                batch_lanes, warp = lanes // min(lanes, WARP_SIZE) * width, width
             for t in range(batch_lanes):
                 # a loop, not an array assignment: that would compile numba's shape-mismatch
                 # error message, seconds of compilation (docs/architecture.md section 2.7)
@@ -333,8 +336,8 @@ def segment_units(ctx, x4, centers, lanes, block, unit_lo, unit_hi, scratch, uni
 
 
 @cache.cached(nogil=True)
-def segment_two_pass(ctx, x4, centers, lanes, block, group_lo, group_hi, scratch, unit_counts,
-                     unit_firsts, unit_seconds):
+def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_block, group_lo,
+                     group_hi, scratch, unit_counts, unit_firsts, unit_seconds):
     """Both passes of groups group_lo..group_hi-1, a few groups at a time (about FUSED_BYTES of
     input): pass 2 re-reads them right after pass 1, from cache wherever they fit. ``centers``
     must hold zeros for these groups (pass 1 is centered on them); it ends with the pass-1
@@ -345,16 +348,18 @@ def segment_two_pass(ctx, x4, centers, lanes, block, group_lo, group_hi, scratch
     step = max(1, FUSED_BYTES // (size * x4.itemsize))
     for chunk_lo in range(group_lo, group_hi, step):
         chunk_hi = min(chunk_lo + step, group_hi)
-        segment_units(ctx, x4, centers, lanes, block, chunk_lo * blocks, chunk_hi * blocks,
-                      scratch, unit_counts, unit_firsts, unit_seconds)
+        segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block,
+                      chunk_lo * blocks, chunk_hi * blocks, scratch, unit_counts, unit_firsts,
+                      unit_seconds)
         for group in range(chunk_lo, chunk_hi):
             k1 = group // kept_inner
             k2 = group - k1 * kept_inner
             first_unit = group * blocks
-            if blocks > 1:  # see finish.finalize_all
+            if blocks > 1:  # one block: nothing to merge, and the call costs 25-40 ns a group
                 merge_blocks(ctx, unit_counts[first_unit:], unit_firsts[first_unit:],
                              unit_seconds[first_unit:], blocks)
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
-        segment_units(ctx, x4, centers, lanes, block, chunk_lo * blocks, chunk_hi * blocks,
-                      scratch, unit_counts, unit_firsts, unit_seconds)
+        segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block,
+                      chunk_lo * blocks, chunk_hi * blocks, scratch, unit_counts, unit_firsts,
+                      unit_seconds)
