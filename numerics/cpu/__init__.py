@@ -240,8 +240,9 @@ class CpuTarget:
         self.data = geometry.kernel_input(x4).reshape(geometry.data_shape)
         self.threads = threads
         self.scratches, self.states = geometry.borrow_work(threads, self.data.dtype)
-        # what the specialization of a kernel depends on besides the contexts and modes
-        self.data_key = (self.data.dtype.str, self.data.flags.writeable)
+        # what the specialization of a unit or two-pass kernel depends on: the geometry's
+        # contexts and paths, the data's type
+        self.kernel_key = geometry.kernel_key + (self.data.dtype.str, self.data.flags.writeable)
         self.ran, self.fused, self.work = 1, False, 0.0
 
     def release(self):
@@ -263,13 +264,18 @@ class CpuTarget:
                    geometry.serial_ctx, firsts, centers)
         return centers
 
+    def leading_arguments(self, centers):
+        """The arguments of a unit or two-pass kernel before its range (run_split)."""
+        geometry = self.geometry
+        return (geometry.ctx, self.data, centers, *geometry.unit_arguments)
+
     def reduce(self, mode, centers):
         """One pass, whatever the plan's ``mode``: the two-pass rules' context is already the
         centered sums', and pass one's centers are zeros."""
         geometry = self.geometry
-        leading = (geometry.ctx, self.data, centers, *geometry.unit_arguments)
-        ran, work = run_split(geometry.units_kernel, geometry.kernel_key + self.data_key,
-                              geometry.units, leading, self.scratches[:self.threads], self.states)
+        ran, work = run_split(geometry.units_kernel, self.kernel_key, geometry.units,
+                              self.leading_arguments(centers), self.scratches[:self.threads],
+                              self.states)
         self.ran, self.work = max(self.ran, ran), self.work + work
 
     def both_passes(self, centers):
@@ -282,9 +288,9 @@ class CpuTarget:
             return None
         if not (owners >= threads and (owners % threads == 0 or owners >= 8 * threads)):
             return None
-        leading = (geometry.ctx, self.data, centers, *geometry.unit_arguments)
-        self.ran, work = run_split(geometry.two_pass_kernel, geometry.kernel_key + self.data_key,
-                                   owners, leading, self.scratches[:threads], self.states)
+        self.ran, work = run_split(geometry.two_pass_kernel, self.kernel_key, owners,
+                                   self.leading_arguments(centers), self.scratches[:threads],
+                                   self.states)
         self.work += work
         self.fused = True
         return centers
