@@ -1,5 +1,6 @@
 """Explicit SIMD for the CPU kernels: a numba type for LLVM vectors of ``width`` lanes (and
-``borrowed``, views that skip reference counting).
+``borrowed``, views that skip reference counting; ``smaller`` and ``larger``, an integer min and
+max lowered in place).
 
 Why: numba's CPU pipeline leaves the lanes topology scalar. Lane states in small arrays are either
 spilled to memory or, once LLVM unrolls the lane loop, promoted to scalar registers; the SLP
@@ -20,9 +21,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.imputils import lower_cast
-from numba.extending import intrinsic, models, overload, register_model
-
-from .targets import INTERNAL
+from numba.extending import intrinsic, lower_builtin, models, register_model, type_callable
 
 _I32 = ir.IntType(32)
 
@@ -87,6 +86,11 @@ def load(typingctx, array, index, width):
     would be a call in the caller's loop."""
     if not isinstance(width, types.IntegerLiteral):
         return None
+    return _load_definition(array, index, width)
+
+
+def _load_definition(array, index, width):
+    """The signature and code of ``load``."""
     vector_type = Vector(array.dtype, width.literal_value)
 
     def codegen(context, builder, signature, arguments):
@@ -126,6 +130,23 @@ def splat(typingctx, value, width):
         return _broadcast(context, builder, arguments[0], value, vector_type)
 
     return vector_type(value, width), codegen
+
+
+@intrinsic(prefer_literal=True)
+def lanes_of(typingctx, source, index, width):
+    """A Vector of ``width`` lanes: elements ``index ..`` of a C-contiguous array (as ``load``),
+    or copies of a scalar (as ``splat``, ``index`` unused). Kernels written once for centers that
+    are an array (one per lane) or one scalar take either, with no compiled function between."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+    if isinstance(source, types.Array):
+        return _load_definition(source, index, width)
+    vector_type = Vector(source, width.literal_value)
+
+    def codegen(context, builder, signature, arguments):
+        return _broadcast(context, builder, arguments[0], source, vector_type)
+
+    return vector_type(source, index, width), codegen
 
 
 @intrinsic
@@ -206,31 +227,34 @@ def stack_vectors(typingctx, count, width, dtype):
     return types.CPointer(vector_type)(count, width, dtype), codegen
 
 
-def _arithmetic(instruction):
-    @intrinsic
-    def vector_arithmetic(typingctx, left, right):
-        vector_type = left if isinstance(left, Vector) else right
-        if isinstance(left, Vector) and isinstance(right, Vector) and left != right:
-            return None
-
-        def codegen(context, builder, signature, arguments):
-            operands = [argument if isinstance(kind, Vector)
-                        else _broadcast(context, builder, argument, kind, vector_type)
-                        for kind, argument in zip(signature.args, arguments)]
-            return getattr(builder, instruction)(*operands)
-
-        return vector_type(left, right), codegen
-
-    return vector_arithmetic
+def _vector_result(left, right):
+    """The Vector type of an arithmetic operation on two vectors of one type, or on a vector and
+    a scalar (broadcast), or None."""
+    if isinstance(left, Vector) and isinstance(right, Vector):
+        return left if left == right else None
+    if isinstance(left, Vector) and isinstance(right, types.Number):
+        return left
+    if isinstance(right, Vector) and isinstance(left, types.Number):
+        return right
+    return None
 
 
+# The operators are typed and lowered in their caller (numba's low-level extension API), not
+# overloads: an overload's implementation is a function compiled on its own, 10-20 ms of numba's
+# pipeline per signature in a kernel's first compilation (docs/architecture.md 2.7)
 def _register_operator(python_operator, instruction):
-    implementation = _arithmetic(instruction)
+    @type_callable(python_operator)
+    def vector_operator(context):
+        return _vector_result
 
-    @overload(python_operator, jit_options=INTERNAL)
-    def vector_operator(left, right):
-        if isinstance(left, Vector) or isinstance(right, Vector):
-            return lambda left, right: implementation(left, right)
+    def lower(context, builder, signature, arguments):
+        operands = [argument if isinstance(kind, Vector)
+                    else _broadcast(context, builder, argument, kind, signature.return_type)
+                    for kind, argument in zip(signature.args, arguments)]
+        return getattr(builder, instruction)(*operands)
+
+    for kinds in ((Vector, Vector), (Vector, types.Number), (types.Number, Vector)):
+        lower_builtin(python_operator, *kinds)(lower)
 
 
 for _python_operator, _instruction in ((operator.add, "fadd"), (operator.sub, "fsub"),
@@ -238,18 +262,14 @@ for _python_operator, _instruction in ((operator.add, "fadd"), (operator.sub, "f
     _register_operator(_python_operator, _instruction)
 
 
-@intrinsic
-def _negate(typingctx, vector):
-    def codegen(context, builder, signature, arguments):
-        return builder.fneg(arguments[0])
-
-    return vector(vector), codegen
+@type_callable(operator.neg)
+def _vector_negation(context):
+    return lambda vector: vector if isinstance(vector, Vector) else None
 
 
-@overload(operator.neg, jit_options=INTERNAL)
-def _vector_negation(vector):
-    if isinstance(vector, Vector):
-        return lambda vector: _negate(vector)
+@lower_builtin(operator.neg, Vector)
+def _negate(context, builder, signature, arguments):
+    return builder.fneg(arguments[0])
 
 
 def _borrow(context, builder, array_type, value):
@@ -307,3 +327,33 @@ def as_vectors(typingctx, array, width):
         return builder.bitcast(data, context.get_value_type(vector_type).as_pointer())
 
     return types.CPointer(vector_type)(array, width), codegen
+
+
+def _integer_choice(typingctx, a, b, comparison):
+    """The signature and code of ``a if a <comparison> b else b`` for two integers."""
+    if not (isinstance(a, types.Integer) and isinstance(b, types.Integer)):
+        return None
+    result = types.unliteral(typingctx.unify_types(a, b))
+
+    def codegen(context, builder, signature, arguments):
+        a_value, b_value = (context.cast(builder, value, kind, result)
+                            for value, kind in zip(arguments, signature.args))
+        compare = builder.icmp_signed if result.signed else builder.icmp_unsigned
+        return builder.select(compare(comparison, a_value, b_value), a_value, b_value)
+
+    return result(a, b), codegen
+
+
+# numba's min and max are overloads: each signature compiles as a function of its own, with
+# numba's whole pipeline, about 20 ms of a kernel's first call apiece (docs/architecture.md 2.7);
+# an intrinsic is lowered in its caller
+@intrinsic
+def smaller(typingctx, a, b):
+    """min(a, b) of two integers."""
+    return _integer_choice(typingctx, a, b, "<")
+
+
+@intrinsic
+def larger(typingctx, a, b):
+    """max(a, b) of two integers."""
+    return _integer_choice(typingctx, a, b, ">")

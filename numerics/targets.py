@@ -6,21 +6,24 @@ A rule of algorithms.py takes a context as its first argument (``ctx.rnd``, ``ct
 ``ctx.push``...). In plain Python the context is algorithms.Arithmetic; in a kernel it is a value
 of a numba *type* that names the specialization: ``CpuContext`` (rule family, input format,
 accumulator format, vector or scalar path) and ``GpuContext`` (the same with the FMA mode instead
-of the path). Its methods are ``numba.extending.overload_method`` implementations chosen from the
-type, so every compiled function that receives a context is named (mangled) after its
-specialization: two formats never share a compiled name, and numba's own ``cache=True`` keys the
-disk cache on the kernel's argument types (numerics.cache).
+of the path). Its methods are chosen from the type (typed and lowered in their caller on the CPU,
+``overload_method`` implementations on the GPU), so every compiled function that receives a
+context is named (mangled) after its specialization: two formats never share a compiled name, and
+numba's own ``cache=True`` keys the disk cache on the kernel's argument types (numerics.cache).
 
 No fastmath anywhere: reassociation rewrites ordered and compensated reductions
 (docs/architecture.md trap 3).
 """
 import functools
+import operator
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import types
 from numba.core import cgutils
-from numba.extending import (NativeValue, models, overload_method, register_jitable,
+from numba.core.typing.templates import AttributeTemplate, bound_function, signature
+from numba.extending import (NativeValue, infer_getattr, lower_builtin, models, register_jitable,
                              register_model, typeof_impl, unbox)
 
 from . import algorithms, precision, topology
@@ -103,11 +106,11 @@ def _unbox_context(typ, obj, c):
 
 
 def _define_arithmetic(context_type, arithmetic, overload_method):
-    """The methods of a context type, with the target's ``overload_method``: ``arithmetic(ctx)``
-    returns the implementations of ``rnd``, ``to_acc``, ``load``, ``mul`` and ``mul_add`` for a
-    context type; ``push`` and ``merge`` are the family's rules (algorithms.FAMILY_RULES). Not
-    inlined by numba (``inline="always"``): that gave wrong results in the rows kernel (seen with
-    numba 0.68), and LLVM inlines these small functions anyway."""
+    """The methods of a GPU context type, with numba-cuda's ``overload_method``:
+    ``arithmetic(ctx)`` returns the implementations of ``rnd``, ``to_acc``, ``load``, ``mul`` and
+    ``mul_add`` for a context type; ``push`` and ``merge`` are the family's rules
+    (algorithms.FAMILY_RULES). Not inlined by numba (``inline="always"``): that gave wrong results
+    in the CPU's rows kernel (seen with numba 0.68), and NVVM inlines these small functions."""
     @overload_method(context_type, "rnd")
     def _rnd(ctx, value):
         return arithmetic(ctx)["rnd"]
@@ -157,6 +160,30 @@ def rounded_arithmetic(ctx, product):
             "mul_add": mul_add}
 
 
+# The CPU context's methods are typed and lowered in their caller (numba's low-level extension
+# API: an attribute template and lower_builtin), not compiled as functions of their own as an
+# overload_method's are: every such function costs a kernel's first compilation 10-20 ms of numba's
+# pipeline however small it is, and a first call compiled about twenty of them
+# (docs/architecture.md 2.7). The arithmetic: two roundings per multiply-add, never fused (trap 2;
+# without fastmath numba's ``a * b`` and ``+ c`` are two IEEE operations). float32 and float64
+# accumulators round by themselves, so their methods are numba's own operations, typed and lowered
+# as numba types and lowers ``a * b + c`` in a function's body (a cast for ``to_acc`` and ``load``,
+# the identity for ``rnd``); the rest are compiled functions that the lowering calls: the family's
+# rules, the 16-bit accumulators' rounded arithmetic (rounded_arithmetic) and the 16-bit inputs'
+# decoding load.
+
+#: the arguments of each method of a CPU context, after the context
+CPU_METHOD_ARITY = {"rnd": 1, "to_acc": 1, "load": 1, "mul": 2, "mul_add": 3, "push": 5,
+                    "merge": 6}
+
+
+def _is_plain(ctx, name):
+    """Whether the method ``name`` of the CpuContextType ``ctx`` is numba's own operations."""
+    if name in ("push", "merge") or ctx.acc_format in ("float16", "bfloat16"):
+        return False
+    return name != "load" or ctx.input_format in ("float32", "float64")
+
+
 def _multiply(a, b):
     return a * b
 
@@ -164,27 +191,122 @@ def _multiply(a, b):
 register_jitable(**INTERNAL)(_multiply)
 
 
-def cpu_arithmetic(ctx):
-    """The CPU's arithmetic: two roundings per multiply-add, never fused (docs/architecture.md
-    trap 2; without fastmath numba's ``a * b + c`` is two IEEE operations). float32 and float64
-    accumulators round by themselves: their methods are plain operations."""
-    if ctx.acc_format in ("float16", "bfloat16"):
-        return rounded_arithmetic(ctx, _multiply)
-    compute_type = compute_type_of(ctx.acc_format)
-    if ctx.input_format in ("float16", "bfloat16"):
-        decode = INPUT_DECODERS[ctx.input_format]
-        load = lambda ctx, raw: compute_type(decode(raw))  # noqa: E731
+@functools.lru_cache(maxsize=None)
+def _compiled_function(ctx, name):
+    """The compiled function of a method that is not plain (``_is_plain``), called with the
+    context first: a rule registered as jitable, or a dispatcher."""
+    if name in ("push", "merge"):
+        function = algorithms.FAMILY_RULES[ctx.family][name == "merge"]
+    elif ctx.acc_format in ("float16", "bfloat16"):
+        function = numba.njit(**INTERNAL)(rounded_arithmetic(ctx, _multiply)[name])
     else:
-        load = lambda ctx, raw: compute_type(raw)  # noqa: E731
-    return {"rnd": lambda ctx, value: value,
-            "to_acc": lambda ctx, value: compute_type(value),
-            "load": load,
-            "mul": lambda ctx, a, b: a * b,
-            "mul_add": lambda ctx, a, b, c: a * b + c}
+        compute_type, decode = compute_type_of(ctx.acc_format), INPUT_DECODERS[ctx.input_format]
+        function = numba.njit(**INTERNAL)(lambda ctx, raw: compute_type(decode(raw)))
+    return function
 
 
-_define_arithmetic(CpuContextType, cpu_arithmetic,
-                   functools.partial(overload_method, jit_options=INTERNAL))
+def _compiled_method(typing_context, ctx, name, args):
+    """The function type and signature of a method that is not plain on ``args``."""
+    function_type = typing_context.resolve_value_type(_compiled_function(ctx, name))
+    return function_type, function_type.get_call_type(typing_context, (ctx, *args), {})
+
+
+def _operation(typing_context, python_operator, left, right):
+    """numba's function type of a Python operator and its signature for ``left <operator>
+    right`` (whose arguments are the types it casts the operands to)."""
+    function_type = typing_context.resolve_value_type(python_operator)
+    return function_type, function_type.get_call_type(typing_context, (left, right), {})
+
+
+def _method_type(typing_context, ctx, name, args):
+    """The return type of the method ``name`` of a CPU context on ``args`` (numba types)."""
+    if not _is_plain(ctx, name):
+        return _compiled_method(typing_context, ctx, name, args)[1].return_type
+    if name == "rnd":
+        return args[0]
+    if name in ("to_acc", "load"):
+        return numba.from_dtype(precision.COMPUTE_DTYPES[ctx.acc_format])
+    product = _operation(typing_context, operator.mul, args[0], args[1])[1].return_type
+    if name == "mul":
+        return product
+    return _operation(typing_context, operator.add, product, args[2])[1].return_type
+
+
+@infer_getattr
+class CpuContextMethods(AttributeTemplate):
+    """The types of a CPU context's methods (``ctx.mul(a, b)``...)."""
+    key = CpuContextType
+
+    def _method(self, name, ctx, args, kws):
+        if kws or len(args) != CPU_METHOD_ARITY[name]:
+            return None
+        args = tuple(types.unliteral(argument) for argument in args)
+        return signature(_method_type(self.context, ctx, name, args), *args)
+
+    @bound_function("CpuContext.rnd")
+    def resolve_rnd(self, ctx, args, kws):
+        return self._method("rnd", ctx, args, kws)
+
+    @bound_function("CpuContext.to_acc")
+    def resolve_to_acc(self, ctx, args, kws):
+        return self._method("to_acc", ctx, args, kws)
+
+    @bound_function("CpuContext.load")
+    def resolve_load(self, ctx, args, kws):
+        return self._method("load", ctx, args, kws)
+
+    @bound_function("CpuContext.mul")
+    def resolve_mul(self, ctx, args, kws):
+        return self._method("mul", ctx, args, kws)
+
+    @bound_function("CpuContext.mul_add")
+    def resolve_mul_add(self, ctx, args, kws):
+        return self._method("mul_add", ctx, args, kws)
+
+    @bound_function("CpuContext.push")
+    def resolve_push(self, ctx, args, kws):
+        return self._method("push", ctx, args, kws)
+
+    @bound_function("CpuContext.merge")
+    def resolve_merge(self, ctx, args, kws):
+        return self._method("merge", ctx, args, kws)
+
+
+def _lower_operation(context, builder, python_operator, left, right):
+    """``left <python_operator> right`` of two (numba type, LLVM value) pairs, as numba lowers
+    it in a function's body: the operands cast to the signature's types, then its
+    implementation. Returns the pair of the result."""
+    function_type, operation = _operation(context.typing_context, python_operator, left[0],
+                                          right[0])
+    operands = [context.cast(builder, value, kind, wanted)
+                for (kind, value), wanted in zip((left, right), operation.args)]
+    return operation.return_type, context.get_function(function_type, operation)(builder,
+                                                                                  operands)
+
+
+def _cpu_method(name):
+    """The lowering of the method ``name`` of a CPU context."""
+    def lower(context, builder, sig, args):
+        ctx = sig.args[0]
+        if not _is_plain(ctx, name):
+            function_type, call = _compiled_method(context.typing_context, ctx, name,
+                                                   sig.args[1:])
+            return context.get_function(function_type, call)(builder, args)
+        if name == "rnd":
+            return args[1]
+        if name in ("to_acc", "load"):
+            return context.cast(builder, args[1], sig.args[1], sig.return_type)
+        operands = list(zip(sig.args[1:], args[1:]))
+        product = _lower_operation(context, builder, operator.mul, operands[0], operands[1])
+        if name == "mul":
+            return product[1]
+        return _lower_operation(context, builder, operator.add, product, operands[2])[1]
+    return lower
+
+
+for _name in CPU_METHOD_ARITY:
+    lower_builtin(f"CpuContext.{_name}", CpuContextType, types.VarArg(types.Any))(
+        _cpu_method(_name))
 
 
 # ---- GPU ------------------------------------------------------------------------------------------

@@ -275,9 +275,10 @@ def push_probe(ctx, data, chunks, lanes, center, firsts, seconds, repeats):
     """The kernels' streaming loop alone (segments.stream_chunks: the family's push over whole
     chunks of lanes, the vectors in flight of the segments kernel), ``repeats`` times over
     ``data``: no block, no lane tree, no call around it. ``center`` is an argument, as in the
-    kernels, so that LLVM cannot drop its subtraction."""
+    kernels, so that LLVM cannot drop its subtraction. ``lanes`` is a whole number of sweeps of
+    vectors in flight (the default topology's), so no partial sweep is compiled (None)."""
     for _ in range(repeats):
-        stream_chunks(ctx, data, 0, chunks, 0, center, lanes, firsts, seconds)
+        stream_chunks(ctx, data, 0, chunks, 0, center, lanes, firsts, seconds, None)
 
 
 def push_factors(profile):

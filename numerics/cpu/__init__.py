@@ -48,7 +48,7 @@ from ..plan import ROWS, SEGMENTS, kernel_for
 from ..targets import CpuContext
 from . import finish, rows, segments
 from .scratch import (GATHERED_CHUNKS, GATHERED_RUN_CHUNKS, SMALL_GROUP_CHUNKS, is_simd,
-                      new_scratch, vector_width)
+                      new_scratch, tile_columns, vector_width)
 
 #: the first call on a geometry runs on the calling thread alone below this many input bytes
 #: (dispatch costs more than it saves)
@@ -157,8 +157,14 @@ class Geometry(MeasuredWork):
             self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data_shape[2]
             self.units_kernel, self.two_pass_kernel = rows.row_units, rows.row_two_pass
             self.gathered_length = self.transposed_length = 0
-            self.paths = ()
-            self.unit_arguments = (self.lanes, view.reduced_inner, self.block)
+            # the paths the kernel compiles, each True or None (rows.row_units): rows that are
+            # not whole tiles of in-flight vectors, batches of groups that are not one vector
+            # per lane row
+            width = vector_width(acc_format)
+            self.paths = tuple(True if taken else None for taken in (
+                self.vectorized and self.columns % tile_columns(self.ctx) != 0,
+                self.vectorized and (view.reduced_inner != 1 or view.kept_inner % width != 0)))
+            self.unit_arguments = (self.lanes, view.reduced_inner, self.block, *self.paths)
         else:
             self.data_shape = view.view_shape
             self.blocks = -(-view.group_size // self.block)
@@ -176,8 +182,22 @@ class Geometry(MeasuredWork):
             self.gathered_length = GATHERED_CHUNKS * self.lanes if gathers else 0
             self.transposed_length = (vector_width(acc_format) * view.group_size if small
                                       else 0)
-            # the path the kernel compiles, as one None argument of two (segments.segment_units)
-            self.paths = (True, None) if small else (None, True)
+            # no part of a chunk of lanes to push lane by lane (segments.block_lanes): every
+            # block is whole chunks long, and either every run starts on a chunk or every block
+            # is longer than a run and so gathered into whole chunks
+            last_length = view.group_size - (self.blocks - 1) * self.block
+            gathers_every_block = (gathers and last_length > view.reduced_inner
+                                   and (self.blocks == 1 or self.block > view.reduced_inner))
+            whole_chunks = ((self.blocks == 1 or self.block % self.lanes == 0)
+                            and view.group_size % self.lanes == 0
+                            and (view.reduced_inner % self.lanes == 0 or view.reduced_outer == 1
+                                 or gathers_every_block))
+            partial_sweeps = self.vectorized and self.lanes % tile_columns(self.ctx) != 0
+            # the paths the kernel compiles, each True or None (segments.segment_units): small
+            # groups or block by block, parts of chunks, single vectors instead of sweeps
+            self.paths = ((True, None) if small else (None, True)) + tuple(
+                True if taken else None
+                for taken in (not (small or whole_chunks), partial_sweeps))
             self.unit_arguments = (self.lanes, self.block, *self.paths)
         # what a unit kernel's specialization depends on besides its data (numerics.cache.call):
         # the path, and whether the scratch has a gathering buffer or None (new_scratch)

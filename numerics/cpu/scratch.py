@@ -3,10 +3,11 @@ from collections import namedtuple
 from math import prod
 
 import numpy as np
-from numba.extending import overload
+from numba import types
+from numba.extending import lower_builtin, type_callable
 
 from .. import algorithms, precision
-from ..targets import INTERNAL
+from ..targets import CpuContextType
 
 #: bytes of a SIMD register: 256-bit AVX2 (an AVX-512 machine runs the same code on its ymm halves)
 REGISTER_BYTES = 32
@@ -55,25 +56,34 @@ def vectors_in_flight(ctx):
 
 
 def width_of(ctx):
-    """Lanes per vector of a CpuContext: 1 on the scalar path (compiled code only)."""
+    """Lanes per vector of a CpuContext or its type: 1 on the scalar path."""
     return vector_width(ctx.acc_format) if ctx.vectorized else 1
 
 
-@overload(width_of, jit_options=INTERNAL)
-def _width_of(ctx):
-    width = width_of(ctx)
-    return lambda ctx: width
-
-
 def tile_columns(ctx):
-    """Lanes of one tile of in-flight vectors of a CpuContext (compiled code only)."""
+    """Lanes of one tile of in-flight vectors of a CpuContext or its type."""
     return vectors_in_flight(ctx) * width_of(ctx)
 
 
-@overload(tile_columns, jit_options=INTERNAL)
-def _tile_columns(ctx):
-    columns = tile_columns(ctx)
-    return lambda ctx: columns
+def _compile_time_constant(function):
+    """``function(ctx)`` callable from compiled code, where it is a constant of the context's
+    type, typed as a literal (simd.load takes its width as one). Typed and lowered in the caller
+    (numba's low-level extension API), not an overload, which would compile a function of its
+    own (docs/architecture.md 2.7)."""
+    @type_callable(function)
+    def _type(context):
+        def typer(ctx):
+            if isinstance(ctx, CpuContextType):
+                return types.literal(function(ctx))
+        return typer
+
+    @lower_builtin(function, CpuContextType)
+    def _lower(context, builder, signature, arguments):
+        return context.get_constant(types.intp, function(signature.args[0]))
+
+
+_compile_time_constant(width_of)
+_compile_time_constant(tile_columns)
 
 
 def aligned_zeros(shape, dtype, alignment=64):

@@ -25,32 +25,36 @@ COPY_WIDTH = 8
 FUSED_BYTES = 256 * 1024
 
 
-def stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
-    """``chunks`` full chunks of ``lanes`` elements from ``row[j]`` into the lane states."""
+def stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
+    """``chunks`` full chunks of ``lanes`` elements from ``row[j]`` into the lane states. On the
+    vector path, a sweep takes the vectors in flight side by side; ``partial_sweeps`` is None
+    where ``lanes`` is a whole number of sweeps (the default topology's 64 lanes always are), and
+    the single vectors of the others are then not compiled."""
     raise NotImplementedError("stream_chunks runs in compiled code only")
 
 
 @overload(stream_chunks, jit_options=INTERNAL)
-def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
+def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
     if ctx.vectorized:
         in_flight = vectors_in_flight(ctx)
         width = width_of(ctx)
 
-        def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
+        def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
             # sweep by sweep (the vectors in flight, whose states fit in registers) over all the
             # chunks of the run; the run stays in L1/L2 between sweeps
             wide = in_flight * width
-            if lanes % wide == 0:
-                for base in range(0, lanes, wide):
-                    stream_vectors(ctx, in_flight, row, j + base, lanes, chunks, count, center,
-                                   firsts, seconds, base)
-            else:
+            # ``partial_sweeps`` None: numba removes the branch before it types the function
+            if partial_sweeps is not None and lanes % wide != 0:
                 for base in range(0, lanes, width):
                     stream_vectors(ctx, 1, row, j + base, lanes, chunks, count, center, firsts,
                                    seconds, base)
+            else:
+                for base in range(0, lanes, wide):
+                    stream_vectors(ctx, in_flight, row, j + base, lanes, chunks, count, center,
+                                   firsts, seconds, base)
         return run
 
-    def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds):
+    def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
         for chunk in range(chunks):
             offset = j + chunk * lanes
             for lane in range(lanes):
@@ -80,10 +84,12 @@ def _push_lanes(ctx, row, j, stop, lane, center, counts, firsts, seconds):
 
     def run(ctx, row, j, stop, lane, center, counts, firsts, seconds):
         # whole vectors, then single lanes, in this function: a call per run costs more than a
-        # short run's pushes
+        # short run's pushes. The center as a vector, as stream_vectors passes it: one compiled
+        # push for both (the same subtraction in every lane)
+        center_vector = simd.splat(center, width)
         while j + width <= stop:
             first, second = simd.load(firsts, lane, width), simd.load(seconds, lane, width)
-            _, first, second = ctx.push(counts[lane], center, first, second,
+            _, first, second = ctx.push(counts[lane], center_vector, first, second,
                                         load_vector(ctx, row, j))
             simd.store(firsts, lane, first)
             simd.store(seconds, lane, second)
@@ -105,7 +111,7 @@ def gather_elements(x4, k1, k2, i, length, gathered):
     q = i - p * reduced_inner
     t = 0
     while t < length:
-        take = min(reduced_inner - q, length - t)
+        take = simd.smaller(reduced_inner - q, length - t)
         row = x4[k1, p, k2]
         s = 0
         while s + COPY_WIDTH <= take:
@@ -119,8 +125,12 @@ def gather_elements(x4, k1, k2, i, length, gathered):
 
 
 @numba.njit(**INTERNAL)
-def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds, gathered):
-    """The lane states of elements start..stop-1 of group (k1, k2). Where the caller gives a
+def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds, gathered,
+                partial_chunks, partial_sweeps):
+    """The lane states of elements start..stop-1 of group (k1, k2). ``partial_chunks`` is None
+    where no run or block of the geometry starts or ends inside a chunk of lanes once gathered
+    (numerics.cpu.Geometry): the parts of chunks (push_lanes) are then not compiled;
+    ``partial_sweeps``: stream_chunks. Where the caller gives a
     ``gathered`` buffer (whole chunks of lanes: short runs that end inside chunks, such as
     BatchNorm's runs of 49 and 196 elements over 7x7 and 14x14 planes against 64 lanes), a block
     of several runs is first copied into it, its length at a time: each lane then takes the same
@@ -137,29 +147,31 @@ def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, sec
     while i < stop:
         # ``gathered`` None: numba removes this branch before it types the function
         if gathered is not None and stop - start > reduced_inner:
-            j, end = 0, min(stop - i, gathered.shape[0])
+            j, end = 0, simd.smaller(stop - i, gathered.shape[0])
             gather_elements(x4, k1, k2, i, end, gathered)
             row = gathered
         else:
             p = i // reduced_inner
             j = i - p * reduced_inner
-            end = j + min(reduced_inner - j, stop - i)
+            end = j + simd.smaller(reduced_inner - j, stop - i)
             row = x4[k1, p, k2]
         run_start = j
         lane = (i - start) % lanes
-        if lane != 0:
+        # ``partial_chunks`` None: numba removes both branches before it types the function
+        if partial_chunks is not None and lane != 0:
             # the run starts inside a chunk: its first elements complete it
-            head = min(end - j, lanes - lane)
+            head = simd.smaller(end - j, lanes - lane)
             push_lanes(ctx, row, j, j + head, lane, center, counts, firsts, seconds)
             j += head
         chunks = (end - j) // lanes
         if chunks > 0:
             # lane 0 is next: every lane holds the same count
-            stream_chunks(ctx, row, j, chunks, counts[0], center, lanes, firsts, seconds)
+            stream_chunks(ctx, row, j, chunks, counts[0], center, lanes, firsts, seconds,
+                          partial_sweeps)
             for lane in range(lanes):
                 counts[lane] += chunks
             j += chunks * lanes
-        if j < end:
+        if partial_chunks is not None and j < end:
             push_lanes(ctx, row, j, end, 0, center, counts, firsts, seconds)
         i = i + end - run_start
 
@@ -180,14 +192,15 @@ def _fold_vectors(ctx, counts, firsts, seconds, lanes, warp_counts):
     width = width_of(ctx)
 
     def fold(ctx, counts, firsts, seconds, lanes, warp_counts):
-        warp_lanes = min(lanes, WARP_SIZE)
+        warp_lanes = simd.smaller(lanes, WARP_SIZE)
         warp_vectors = warp_lanes // width
         if warp_vectors == 1 or counts[0] != counts[lanes - 1]:
             return -1
         for base in range(0, lanes, warp_lanes):
             warp_counts[:warp_vectors] = counts[0]
             merge_lanes(ctx, warp_counts, simd.as_vectors(firsts[base:base + warp_lanes], width),
-                        simd.as_vectors(seconds[base:base + warp_lanes], width), warp_vectors)
+                        simd.as_vectors(seconds[base:base + warp_lanes], width), warp_vectors,
+                        WARP_SIZE)
         return warp_counts[0]
     return fold
 
@@ -199,7 +212,7 @@ def gather_member(folded, w, lanes, width, member_firsts, member_seconds, batch_
     (fold_vectors), only the lanes that still carry a state, warp after warp in the batch's first
     rows (lane base + i of the warp at base into row base / warp lanes * width + i), every lane
     in its own row otherwise."""
-    warp_lanes = min(lanes, WARP_SIZE)
+    warp_lanes = simd.smaller(lanes, WARP_SIZE)
     if folded >= 0:
         row = 0
         for base in range(0, lanes, warp_lanes):
@@ -266,11 +279,13 @@ def _small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
 
 
 @cache.cached(nogil=True)
-def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, unit_lo, unit_hi,
-                  scratch, unit_counts, unit_firsts, unit_seconds):
+def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, partial_chunks,
+                  partial_sweeps, unit_lo, unit_hi, scratch, unit_counts, unit_firsts,
+                  unit_seconds):
     """Block states of units unit_lo..unit_hi-1 (unit = group * blocks + block index), their lane
     states computed with groups of one small block each side by side in the vector lanes
-    (``small_groups`` True, ``block_by_block`` None) or block by block (the other way round)."""
+    (``small_groups`` True, ``block_by_block`` None) or block by block (the other way round;
+    ``partial_chunks`` and ``partial_sweeps``, True or None: block_lanes)."""
     # borrowed: the caller keeps every array alive (simd.borrowed)
     x4, centers, scratch = simd.borrowed(x4), simd.borrowed(centers), simd.borrowed_tuple(scratch)
     unit_counts, unit_firsts = simd.borrowed(unit_counts), simd.borrowed(unit_firsts)
@@ -291,9 +306,9 @@ def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, 
         # last block may be shorter)
         length = last_length if b == blocks - 1 else block
         if blocks == 1:
-            members = min(width, unit_hi - unit)
+            members = simd.smaller(width, unit_hi - unit)
         elif b < blocks - 1:
-            members = min(width, unit_hi - unit, blocks - 1 - b)
+            members = simd.smaller(width, simd.smaller(unit_hi - unit, blocks - 1 - b))
         else:
             members = 1
         batch_lanes, warp = lanes, WARP_SIZE
@@ -308,7 +323,8 @@ def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, 
                 start = b * block
                 block_lanes(ctx, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
                             scratch.member_counts[w], scratch.member_firsts[w],
-                            scratch.member_seconds[w], scratch.gathered)
+                            scratch.member_seconds[w], scratch.gathered, partial_chunks,
+                            partial_sweeps)
                 b += 1
                 if b == blocks:
                     b = 0
@@ -324,7 +340,7 @@ def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, 
             if folded >= 0:
                 # a folded batch's tree is the rest of each warp's, on its first ``width`` lanes,
                 # then across the warps (topology.merge_lanes with a warp of ``width`` lanes)
-                batch_lanes, warp = lanes // min(lanes, WARP_SIZE) * width, width
+                batch_lanes, warp = lanes // simd.smaller(lanes, WARP_SIZE) * width, width
             for t in range(batch_lanes):
                 # a loop, not an array assignment: that would compile numba's shape-mismatch
                 # error message, seconds of compilation (docs/architecture.md section 2.7)
@@ -336,8 +352,9 @@ def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, 
 
 
 @cache.cached(nogil=True)
-def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_block, group_lo,
-                     group_hi, scratch, unit_counts, unit_firsts, unit_seconds):
+def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_block,
+                     partial_chunks, partial_sweeps, group_lo, group_hi, scratch, unit_counts,
+                     unit_firsts, unit_seconds):
     """Both passes of groups group_lo..group_hi-1, a few groups at a time (about FUSED_BYTES of
     input): pass 2 re-reads them right after pass 1, from cache wherever they fit. ``centers``
     must hold zeros for these groups (pass 1 is centered on them); it ends with the pass-1
@@ -345,12 +362,12 @@ def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_bloc
     kept_inner = x4.shape[2]
     size = x4.shape[1] * x4.shape[3]
     blocks = (size + block - 1) // block
-    step = max(1, FUSED_BYTES // (size * x4.itemsize))
+    step = simd.larger(1, FUSED_BYTES // (size * x4.itemsize))
     for chunk_lo in range(group_lo, group_hi, step):
-        chunk_hi = min(chunk_lo + step, group_hi)
+        chunk_hi = simd.smaller(chunk_lo + step, group_hi)
         segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block,
-                      chunk_lo * blocks, chunk_hi * blocks, scratch, unit_counts, unit_firsts,
-                      unit_seconds)
+                      partial_chunks, partial_sweeps, chunk_lo * blocks, chunk_hi * blocks,
+                      scratch, unit_counts, unit_firsts, unit_seconds)
         for group in range(chunk_lo, chunk_hi):
             k1 = group // kept_inner
             k2 = group - k1 * kept_inner
@@ -361,5 +378,5 @@ def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_bloc
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
         segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block,
-                      chunk_lo * blocks, chunk_hi * blocks, scratch, unit_counts, unit_firsts,
-                      unit_seconds)
+                      partial_chunks, partial_sweeps, chunk_lo * blocks, chunk_hi * blocks,
+                      scratch, unit_counts, unit_firsts, unit_seconds)

@@ -11,7 +11,6 @@ two-pass rules get zero centers, and ``x - 0`` is exactly ``x`` (signed zeros, i
 included), so their sums are bit for bit the uncentered ones. One pass per specialization, not one
 per pass kind: each would be a kernel compiled anew (docs/architecture.md 2.7).
 """
-import numba
 from numba import types
 from numba.extending import overload
 
@@ -56,20 +55,13 @@ def _stream_vectors(ctx, vectors, data, start, stride, steps, count, center, fir
     count_of_vectors = vectors.literal_value
     width = width_of(ctx)
     compute_type = precision.COMPUTE_DTYPES[ctx.acc_format].type
-    if isinstance(center, types.Array):
-        def center_vector(center, index):
-            return simd.load(center, index, width)
-    else:
-        def center_vector(center, index):
-            return center
-    center_vector = numba.njit(**INTERNAL)(center_vector)
 
     def run(ctx, vectors, data, start, stride, steps, count, center, firsts, seconds, base):
         centers = simd.stack_vectors(count_of_vectors, width, compute_type)
         first = simd.stack_vectors(count_of_vectors, width, compute_type)
         second = simd.stack_vectors(count_of_vectors, width, compute_type)
         for v in range(count_of_vectors):
-            centers[v] = center_vector(center, base + v * width)
+            centers[v] = simd.lanes_of(center, base + v * width, width)
             first[v] = simd.load(firsts, base + v * width, width)
             second[v] = simd.load(seconds, base + v * width, width)
         for k in range(steps):
