@@ -14,8 +14,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numerics.cpu import pushes_parts_of_chunks
+from numerics.cpu.scratch import GATHERED_CHUNKS, GATHERED_RUN_CHUNKS
 
 CALLS = textwrap.dedent(r"""
     import json
@@ -99,3 +105,51 @@ def test_methods_operators_and_integer_choices_compile_no_function_of_their_own(
                                                               "numerics.cpu.scratch:", "numba."))]
     # control: the family's rules are compiled functions, and the events name them
     assert "numerics.algorithms:welford_push" in compiled
+
+
+def pushed_parts_of_chunks(reduced_outer, reduced_inner, lanes, block, gathers):
+    """Whether segments.block_lanes, walked here step by step over one group, would push part of
+    a chunk of lanes (its push_lanes calls)."""
+    size = reduced_outer * reduced_inner
+    gathered_length = GATHERED_CHUNKS * lanes if gathers else 0
+    for start in range(0, size, block):
+        stop, i = min(start + block, size), start
+        while i < stop:
+            if gathered_length and stop - start > reduced_inner:
+                j, end = 0, min(stop - i, gathered_length)
+            else:
+                j = i % reduced_inner
+                end = j + min(reduced_inner - j, stop - i)
+            if (i - start) % lanes or (end - j) % lanes:
+                return True
+            i += end - j
+    return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(reduced_outer=st.integers(1, 40), reduced_inner=st.integers(1, 300),
+       lanes=st.sampled_from([1, 8, 32, 64]), chunks_per_block=st.integers(0, 12),
+       extra=st.sampled_from([0, 0, 0, 3]))
+def test_a_geometry_said_to_push_no_parts_of_chunks_never_does(reduced_outer, reduced_inner,
+                                                               lanes, chunks_per_block, extra):
+    """The None that prunes push_lanes is sound: where numerics.cpu.pushes_parts_of_chunks says
+    no part of a chunk is pushed, the kernel's walk pushes none (elements would be dropped)."""
+    size = reduced_outer * reduced_inner
+    block = chunks_per_block * lanes + extra if chunks_per_block else size
+    gathers = reduced_inner % lanes != 0 and reduced_inner < GATHERED_RUN_CHUNKS * lanes
+    view = SimpleNamespace(group_size=size, reduced_inner=reduced_inner,
+                           reduced_outer=reduced_outer)
+    predicted = pushes_parts_of_chunks(view, lanes, block, -(-size // block), gathers)
+    if not predicted:
+        assert not pushed_parts_of_chunks(reduced_outer, reduced_inner, lanes, block, gathers)
+
+
+def test_batchnorm_over_28x28_planes_pushes_no_parts_of_chunks():
+    """Exact where it matters: 32 images of 28x28 (runs of 784, blocks of 8192 gathered, a last
+    block of 512 read in place within one run)."""
+    view = SimpleNamespace(group_size=32 * 784, reduced_inner=784, reduced_outer=32)
+    assert not pushes_parts_of_chunks(view, 64, 8192, 4, True)
+    assert not pushed_parts_of_chunks(32, 784, 64, 8192, True)
+    assert pushed_parts_of_chunks(3, 784, 64, 8192, True)
+    assert pushes_parts_of_chunks(SimpleNamespace(group_size=3 * 784, reduced_inner=784,
+                                                  reduced_outer=3), 64, 8192, 1, True)

@@ -125,6 +125,27 @@ def timed_call(kernel, key, *arguments):
     return time.perf_counter() - begin
 
 
+def pushes_parts_of_chunks(view, lanes, block, blocks, gathers):
+    """Whether the segments kernel's block path ever pushes part of a chunk of lanes
+    (segments.block_lanes): where a block is not whole chunks long, or is read in place across
+    a run that starts inside a chunk (``gathers``: blocks longer than a run are copied into whole
+    chunks first). Exact for a last block read in place (BatchNorm's last block over 28x28
+    planes, say), conservative otherwise: True wherever runs of another block read in place
+    do not start on chunks."""
+    size, run = view.group_size, view.reduced_inner
+    last_start = (blocks - 1) * block
+    for start, stop in {(0, size if blocks == 1 else block), (last_start, size)}:
+        if (stop - start) % lanes:
+            return True
+        if (gathers and stop - start > run) or run % lanes == 0 or view.reduced_outer == 1:
+            continue
+        # read in place: one piece if it is the last block and no longer than a run (the group
+        # ends where a run does, so no run starts inside it)
+        if start != last_start or stop - start > run:
+            return True
+    return False
+
+
 class Geometry(MeasuredWork):
     """What every call on one canonical view with one rule, topology and pair of formats shares:
     the kernel and its contexts, how the view is cut into units, and the work arrays (scratch,
@@ -182,22 +203,14 @@ class Geometry(MeasuredWork):
             self.gathered_length = GATHERED_CHUNKS * self.lanes if gathers else 0
             self.transposed_length = (vector_width(acc_format) * view.group_size if small
                                       else 0)
-            # no part of a chunk of lanes to push lane by lane (segments.block_lanes): every
-            # block is whole chunks long, and either every run starts on a chunk or every block
-            # is longer than a run and so gathered into whole chunks
-            last_length = view.group_size - (self.blocks - 1) * self.block
-            gathers_every_block = (gathers and last_length > view.reduced_inner
-                                   and (self.blocks == 1 or self.block > view.reduced_inner))
-            whole_chunks = ((self.blocks == 1 or self.block % self.lanes == 0)
-                            and view.group_size % self.lanes == 0
-                            and (view.reduced_inner % self.lanes == 0 or view.reduced_outer == 1
-                                 or gathers_every_block))
             partial_sweeps = self.vectorized and self.lanes % tile_columns(self.ctx) != 0
             # the paths the kernel compiles, each True or None (segments.segment_units): small
             # groups or block by block, parts of chunks, single vectors instead of sweeps
             self.paths = ((True, None) if small else (None, True)) + tuple(
-                True if taken else None
-                for taken in (not (small or whole_chunks), partial_sweeps))
+                True if taken else None for taken in (
+                    not small and pushes_parts_of_chunks(view, self.lanes, self.block,
+                                                         self.blocks, gathers),
+                    partial_sweeps))
             self.unit_arguments = (self.lanes, self.block, *self.paths)
         # what a unit kernel's specialization depends on besides its data (numerics.cache.call):
         # the path, and whether the scratch has a gathering buffer or None (new_scratch)
