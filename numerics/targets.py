@@ -232,9 +232,9 @@ def _method_type(typing_context, ctx, name, args):
     return _operation(typing_context, operator.add, product, args[2])[1].return_type
 
 
-@infer_getattr
 class CpuContextMethods(AttributeTemplate):
-    """The types of a CPU context's methods (``ctx.mul(a, b)``...)."""
+    """The types of a CPU context's methods (``ctx.mul(a, b)``...): one ``resolve_<name>`` per
+    method, added below."""
     key = CpuContextType
 
     def _method(self, name, ctx, args, kws):
@@ -243,33 +243,18 @@ class CpuContextMethods(AttributeTemplate):
         args = tuple(types.unliteral(argument) for argument in args)
         return signature(_method_type(self.context, ctx, name, args), *args)
 
-    @bound_function("CpuContext.rnd")
-    def resolve_rnd(self, ctx, args, kws):
-        return self._method("rnd", ctx, args, kws)
 
-    @bound_function("CpuContext.to_acc")
-    def resolve_to_acc(self, ctx, args, kws):
-        return self._method("to_acc", ctx, args, kws)
+def _method_resolver(name):
+    """The typing of the method ``name`` of a CPU context, as numba's attribute templates take a
+    method: a ``resolve_<name>`` wrapped by ``bound_function``."""
+    def resolve(self, ctx, args, kws):
+        return self._method(name, ctx, args, kws)
+    return bound_function(f"CpuContext.{name}")(resolve)
 
-    @bound_function("CpuContext.load")
-    def resolve_load(self, ctx, args, kws):
-        return self._method("load", ctx, args, kws)
 
-    @bound_function("CpuContext.mul")
-    def resolve_mul(self, ctx, args, kws):
-        return self._method("mul", ctx, args, kws)
-
-    @bound_function("CpuContext.mul_add")
-    def resolve_mul_add(self, ctx, args, kws):
-        return self._method("mul_add", ctx, args, kws)
-
-    @bound_function("CpuContext.push")
-    def resolve_push(self, ctx, args, kws):
-        return self._method("push", ctx, args, kws)
-
-    @bound_function("CpuContext.merge")
-    def resolve_merge(self, ctx, args, kws):
-        return self._method("merge", ctx, args, kws)
+for _name in CPU_METHOD_ARITY:
+    setattr(CpuContextMethods, f"resolve_{_name}", _method_resolver(_name))
+infer_getattr(CpuContextMethods)
 
 
 def _lower_operation(context, builder, python_operator, left, right):

@@ -53,7 +53,7 @@ CALLS = textwrap.dedent(r"""
         "rows": lambda: numerics.moments(np.ones((8, 4, 4, 64), np.float32), "batch",
                                          layout="NHWC"),
         # channels last, 12 channels: neither
-        "partial_rows": lambda: numerics.moments(np.ones((8, 4, 4, 12), np.float32), "batch",
+        "ragged_rows": lambda: numerics.moments(np.ones((8, 4, 4, 12), np.float32), "batch",
                                                  layout="NHWC"),
     }
     for step, call in calls.items():
@@ -92,7 +92,7 @@ def test_each_geometry_compiles_only_its_own_path(steps):
     # the block path's functions compile again: the gathering kernel is another specialization
     assert {BLOCKS, PARTS_OF_CHUNKS, GATHERING} <= compiled["gathering"]
     assert not {SINGLE_STATES, SINGLE_GATHER} & compiled["rows"]
-    assert {SINGLE_STATES, SINGLE_GATHER} <= compiled["partial_rows"]
+    assert {SINGLE_STATES, SINGLE_GATHER} <= compiled["ragged_rows"]
     # one streaming loop, of the vectors in flight: a partial sweep would compile a second, of
     # one vector
     assert steps["blocks"].count("numerics.cpu.streaming:_stream_vectors.<locals>.run") == 1

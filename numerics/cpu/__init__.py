@@ -178,13 +178,13 @@ class Geometry(MeasuredWork):
             self.lane_rows, self.columns = self.lanes // view.reduced_inner, self.data_shape[2]
             self.units_kernel, self.two_pass_kernel = rows.row_units, rows.row_two_pass
             self.gathered_length = self.transposed_length = 0
-            # the paths the kernel compiles, each True or None (rows.row_units): rows that are
-            # not whole tiles of in-flight vectors, batches of groups that are not one vector
-            # per lane row
-            width = vector_width(acc_format)
-            self.paths = tuple(True if taken else None for taken in (
-                self.vectorized and self.columns % tile_columns(self.ctx) != 0,
-                self.vectorized and (view.reduced_inner != 1 or view.kept_inner % width != 0)))
+            # the vector path's ragged ends, True or None (rows.row_units): rows that are not
+            # whole tiles of in-flight vectors, batches of groups that are not one vector per
+            # lane row. One argument for both: each would double the kernel's builds
+            ragged = self.vectorized and (self.columns % tile_columns(self.ctx) != 0
+                                          or view.reduced_inner != 1
+                                          or view.kept_inner % vector_width(acc_format) != 0)
+            self.paths = (True if ragged else None,)
             self.unit_arguments = (self.lanes, view.reduced_inner, self.block, *self.paths)
         else:
             self.data_shape = view.view_shape
@@ -203,14 +203,16 @@ class Geometry(MeasuredWork):
             self.gathered_length = GATHERED_CHUNKS * self.lanes if gathers else 0
             self.transposed_length = (vector_width(acc_format) * view.group_size if small
                                       else 0)
-            partial_sweeps = self.vectorized and self.lanes % tile_columns(self.ctx) != 0
+            # the vector path's ragged ends (segments.block_lanes): parts of chunks of lanes, or
+            # lanes that are not whole sweeps of in-flight vectors. One argument for both, and
+            # always True on the scalar path: each would double the kernel's builds
+            ragged = not small and (not self.vectorized
+                                    or self.lanes % tile_columns(self.ctx) != 0
+                                    or pushes_parts_of_chunks(view, self.lanes, self.block,
+                                                              self.blocks, gathers))
             # the paths the kernel compiles, each True or None (segments.segment_units): small
-            # groups or block by block, parts of chunks, single vectors instead of sweeps
-            self.paths = ((True, None) if small else (None, True)) + tuple(
-                True if taken else None for taken in (
-                    not small and pushes_parts_of_chunks(view, self.lanes, self.block,
-                                                         self.blocks, gathers),
-                    partial_sweeps))
+            # groups or block by block, and the ragged ends
+            self.paths = ((True, None) if small else (None, True)) + (True if ragged else None,)
             self.unit_arguments = (self.lanes, self.block, *self.paths)
         # what a unit kernel's specialization depends on besides its data (numerics.cache.call):
         # the path, and whether the scratch has a gathering buffer or None (new_scratch)

@@ -49,20 +49,21 @@ def stream_states_singly(ctx, x2, row_lo, rows_per_lane, lane_rows, state_lo, st
 
 
 def stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds,
-                partial_tiles):
+                ragged):
     """The rows of one slab from ``row_lo`` into the lane rows' states (row r of the lane rows
     takes rows row_lo + r, row_lo + r + lane_rows, ...: ``rows_per_lane[r]`` of them).
-    ``partial_tiles`` is None where a row is a whole number of tiles of in-flight vectors: the
-    single vectors and single states that end other rows are then not compiled."""
+    ``ragged`` is None where a row is a whole number of tiles of in-flight vectors (and batches
+    are one vector per lane row: row_units): the single vectors and single states that end other
+    rows are then not compiled."""
     raise NotImplementedError("stream_rows runs in compiled code only")
 
 
 @overload(stream_rows, jit_options=INTERNAL)
 def _stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds,
-                 partial_tiles):
+                 ragged):
     if not ctx.vectorized:
         def run(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds,
-                partial_tiles):
+                ragged):
             stream_states_singly(ctx, x2, row_lo, rows_per_lane, lane_rows, 0,
                                  lane_rows * x2.shape[1], row_centers, counts, firsts, seconds)
         return run
@@ -70,7 +71,7 @@ def _stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts,
     width = width_of(ctx)
 
     def run(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts, firsts, seconds,
-            partial_tiles):
+            ragged):
         # lane rows that hold the same counts are one flat row of states, (lane row, column) in
         # order, and so are their elements at each step (rows row_lo + r of x2 follow each other
         # in memory): tiles of in-flight vectors, then single vectors, then single states run
@@ -91,8 +92,8 @@ def _stream_rows(ctx, x2, row_lo, rows_per_lane, lane_rows, row_centers, counts,
             for c0 in range(lo, tiled, tile):
                 stream_vectors(ctx, in_flight, x2, start + c0, stride, rows_per_lane[r], counts[r],
                                row_centers, firsts, seconds, c0)
-            # ``partial_tiles`` None: numba removes the branch before it types the function
-            if partial_tiles is not None:
+            # ``ragged`` None: numba removes the branch before it types the function
+            if ragged is not None:
                 for c0 in range(tiled, vectorized, width):
                     stream_vectors(ctx, 1, x2, start + c0, stride, rows_per_lane[r], counts[r],
                                    row_centers, firsts, seconds, c0)
@@ -115,23 +116,23 @@ def gather_groups_singly(k2, members, lane_rows, reduced_inner, scratch):
                 scratch.batch_seconds[t, w] = scratch.row_seconds[r, column]
 
 
-def gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch, partial_batches):
+def gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch, ragged):
     """The lane states of groups k2..k2+members-1 into the batch: on the vector path, one vector
     per lane row where each group is one column and the batch is whole, one state at a time
-    otherwise (gather_groups_singly), which ``partial_batches`` None says never happens."""
+    otherwise (gather_groups_singly), which ``ragged`` None says never happens."""
     raise NotImplementedError("gather_groups runs in compiled code only")
 
 
 @overload(gather_groups, jit_options=INTERNAL)
-def _gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch, partial_batches):
+def _gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch, ragged):
     if not ctx.vectorized:
-        return (lambda ctx, k2, members, lane_rows, reduced_inner, scratch, partial_batches:
+        return (lambda ctx, k2, members, lane_rows, reduced_inner, scratch, ragged:
                 gather_groups_singly(k2, members, lane_rows, reduced_inner, scratch))
     width = width_of(ctx)
 
-    def gather(ctx, k2, members, lane_rows, reduced_inner, scratch, partial_batches):
-        # ``partial_batches`` None: numba removes the branch before it types the function
-        if partial_batches is not None and (reduced_inner != 1 or members != width):
+    def gather(ctx, k2, members, lane_rows, reduced_inner, scratch, ragged):
+        # ``ragged`` None: numba removes the branch before it types the function
+        if ragged is not None and (reduced_inner != 1 or members != width):
             gather_groups_singly(k2, members, lane_rows, reduced_inner, scratch)
             return
         # one column per group: a lane row's states of the batch are one vector
@@ -145,7 +146,7 @@ def _gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch, partial_
 
 
 @numba.njit(**INTERNAL)
-def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, partial_batches, scratch,
+def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, ragged, scratch,
                         unit_counts, unit_firsts, unit_seconds):
     """The lane tree of every group of the slice, ``width`` groups at once: lane
     t = r * Q + q of group k2 is element (r, k2 * Q + q) of the lane states."""
@@ -155,7 +156,7 @@ def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, partial_ba
         scratch.lane_counts[r * reduced_inner:(r + 1) * reduced_inner] = scratch.row_counts[r]
     for k2 in range(0, kept_inner, width):
         members = simd.smaller(width, kept_inner - k2)
-        gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch, partial_batches)
+        gather_groups(ctx, k2, members, lane_rows, reduced_inner, scratch, ragged)
         first_out = (k1 * kept_inner + k2) * blocks + b
         merge_batch(ctx, scratch.lane_counts, scratch.batch_firsts, scratch.batch_seconds,
                     members, scratch, unit_counts[first_out::blocks],
@@ -163,11 +164,11 @@ def lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, partial_ba
 
 
 @cache.cached(nogil=True)
-def row_units(ctx, x3, centers, lanes, reduced_inner, block, partial_tiles, partial_batches,
-              unit_lo, unit_hi, scratch, unit_counts, unit_firsts, unit_seconds):
+def row_units(ctx, x3, centers, lanes, reduced_inner, block, ragged, unit_lo, unit_hi, scratch,
+              unit_counts, unit_firsts, unit_seconds):
     """Block states of units unit_lo..unit_hi-1 (unit = k1 * blocks + block index) for every
     group of the unit's slice; unit_* are indexed (group * blocks + block index).
-    ``partial_tiles`` and ``partial_batches``, True or None: stream_rows and gather_groups."""
+    ``ragged``, True or None: stream_rows and gather_groups."""
     # borrowed: the caller keeps every array alive (simd.borrowed)
     x3, centers, scratch = simd.borrowed(x3), simd.borrowed(centers), simd.borrowed_tuple(scratch)
     unit_counts, unit_firsts = simd.borrowed(unit_counts), simd.borrowed(unit_firsts)
@@ -205,16 +206,16 @@ def row_units(ctx, x3, centers, lanes, reduced_inner, block, partial_tiles, part
             for r in range(lane_rows):
                 rows_per_lane[r] = (slab_length - r + lane_rows - 1) // lane_rows
             stream_rows(ctx, x3[k1], slab_lo, rows_per_lane, lane_rows, scratch.row_centers,
-                        counts, scratch.row_firsts, scratch.row_seconds, partial_tiles)
+                        counts, scratch.row_firsts, scratch.row_seconds, ragged)
             for r in range(lane_rows):
                 counts[r] += rows_per_lane[r]
-        lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, partial_batches,
-                            scratch, unit_counts, unit_firsts, unit_seconds)
+        lane_tree_of_groups(ctx, k1, b, blocks, lane_rows, reduced_inner, ragged, scratch,
+                            unit_counts, unit_firsts, unit_seconds)
 
 
 @cache.cached(nogil=True)
-def row_two_pass(ctx, x3, centers, lanes, reduced_inner, block, partial_tiles, partial_batches,
-                 slice_lo, slice_hi, scratch, unit_counts, unit_firsts, unit_seconds):
+def row_two_pass(ctx, x3, centers, lanes, reduced_inner, block, ragged, slice_lo, slice_hi,
+                 scratch, unit_counts, unit_firsts, unit_seconds):
     """Both passes of kept_outer slices slice_lo..slice_hi-1, back to back (pass 2 finds the slice
     in cache wherever it fits). ``centers`` must hold zeros for these slices (pass 1 is centered
     on them); it ends with the pass-1 means."""
@@ -223,9 +224,8 @@ def row_two_pass(ctx, x3, centers, lanes, reduced_inner, block, partial_tiles, p
     block_rows = block // reduced_inner
     blocks = (reduced_outer + block_rows - 1) // block_rows
     for k1 in range(slice_lo, slice_hi):
-        row_units(ctx, x3, centers, lanes, reduced_inner, block, partial_tiles, partial_batches,
-                  k1 * blocks, (k1 + 1) * blocks, scratch, unit_counts, unit_firsts,
-                  unit_seconds)
+        row_units(ctx, x3, centers, lanes, reduced_inner, block, ragged, k1 * blocks,
+                  (k1 + 1) * blocks, scratch, unit_counts, unit_firsts, unit_seconds)
         for k2 in range(kept_inner):
             first_unit = (k1 * kept_inner + k2) * blocks
             if blocks > 1:  # one block: nothing to merge, and the call costs 25-40 ns a group
@@ -233,6 +233,5 @@ def row_two_pass(ctx, x3, centers, lanes, reduced_inner, block, partial_tiles, p
                              unit_seconds[first_unit:], blocks)
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
-        row_units(ctx, x3, centers, lanes, reduced_inner, block, partial_tiles, partial_batches,
-                  k1 * blocks, (k1 + 1) * blocks, scratch, unit_counts, unit_firsts,
-                  unit_seconds)
+        row_units(ctx, x3, centers, lanes, reduced_inner, block, ragged, k1 * blocks,
+                  (k1 + 1) * blocks, scratch, unit_counts, unit_firsts, unit_seconds)

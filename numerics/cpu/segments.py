@@ -25,26 +25,26 @@ COPY_WIDTH = 8
 FUSED_BYTES = 256 * 1024
 
 
-def stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
+def stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds, ragged):
     """``chunks`` full chunks of ``lanes`` elements from ``row[j]`` into the lane states. On the
-    vector path, a sweep takes the vectors in flight side by side; ``partial_sweeps`` is None
-    where ``lanes`` is a whole number of sweeps (the default topology's 64 lanes always are), and
-    the single vectors of the others are then not compiled."""
+    vector path, a sweep takes the vectors in flight side by side; ``ragged`` is None where
+    ``lanes`` is a whole number of sweeps (the default topology's 64 lanes always are: block_lanes
+    says when), and the single vectors of the others are then not compiled."""
     raise NotImplementedError("stream_chunks runs in compiled code only")
 
 
 @overload(stream_chunks, jit_options=INTERNAL)
-def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
+def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds, ragged):
     if ctx.vectorized:
         in_flight = vectors_in_flight(ctx)
         width = width_of(ctx)
 
-        def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
+        def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds, ragged):
             # sweep by sweep (the vectors in flight, whose states fit in registers) over all the
             # chunks of the run; the run stays in L1/L2 between sweeps
             wide = in_flight * width
-            # ``partial_sweeps`` None: numba removes the branch before it types the function
-            if partial_sweeps is not None and lanes % wide != 0:
+            # ``ragged`` None: numba removes the branch before it types the function
+            if ragged is not None and lanes % wide != 0:
                 for base in range(0, lanes, width):
                     stream_vectors(ctx, 1, row, j + base, lanes, chunks, count, center, firsts,
                                    seconds, base)
@@ -54,7 +54,7 @@ def _stream_chunks(ctx, row, j, chunks, count, center, lanes, firsts, seconds, p
                                    firsts, seconds, base)
         return run
 
-    def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds, partial_sweeps):
+    def run(ctx, row, j, chunks, count, center, lanes, firsts, seconds, ragged):
         for chunk in range(chunks):
             offset = j + chunk * lanes
             for lane in range(lanes):
@@ -126,11 +126,11 @@ def gather_elements(x4, k1, k2, i, length, gathered):
 
 @numba.njit(**INTERNAL)
 def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, seconds, gathered,
-                partial_chunks, partial_sweeps):
-    """The lane states of elements start..stop-1 of group (k1, k2). ``partial_chunks`` is None
-    where no run or block of the geometry starts or ends inside a chunk of lanes once gathered
-    (numerics.cpu.Geometry): the parts of chunks (push_lanes) are then not compiled;
-    ``partial_sweeps``: stream_chunks. Where the caller gives a
+                ragged):
+    """The lane states of elements start..stop-1 of group (k1, k2). ``ragged`` is None where no
+    run or block of the geometry starts or ends inside a chunk of lanes once gathered and the
+    lanes are whole sweeps of vectors (numerics.cpu.Geometry): the parts of chunks (push_lanes)
+    and of sweeps (stream_chunks) are then not compiled. Where the caller gives a
     ``gathered`` buffer (whole chunks of lanes: short runs that end inside chunks, such as
     BatchNorm's runs of 49 and 196 elements over 7x7 and 14x14 planes against 64 lanes), a block
     of several runs is first copied into it, its length at a time: each lane then takes the same
@@ -157,8 +157,8 @@ def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, sec
             row = x4[k1, p, k2]
         run_start = j
         lane = (i - start) % lanes
-        # ``partial_chunks`` None: numba removes both branches before it types the function
-        if partial_chunks is not None and lane != 0:
+        # ``ragged`` None: numba removes both branches before it types the function
+        if ragged is not None and lane != 0:
             # the run starts inside a chunk: its first elements complete it
             head = simd.smaller(end - j, lanes - lane)
             push_lanes(ctx, row, j, j + head, lane, center, counts, firsts, seconds)
@@ -167,11 +167,11 @@ def block_lanes(ctx, x4, k1, k2, start, stop, center, lanes, counts, firsts, sec
         if chunks > 0:
             # lane 0 is next: every lane holds the same count
             stream_chunks(ctx, row, j, chunks, counts[0], center, lanes, firsts, seconds,
-                          partial_sweeps)
+                          ragged)
             for lane in range(lanes):
                 counts[lane] += chunks
             j += chunks * lanes
-        if partial_chunks is not None and j < end:
+        if ragged is not None and j < end:
             push_lanes(ctx, row, j, end, 0, center, counts, firsts, seconds)
         i = i + end - run_start
 
@@ -279,13 +279,12 @@ def _small_batch(ctx, x4, centers, k1, k2, members, lanes, scratch):
 
 
 @cache.cached(nogil=True)
-def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, partial_chunks,
-                  partial_sweeps, unit_lo, unit_hi, scratch, unit_counts, unit_firsts,
-                  unit_seconds):
+def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, ragged, unit_lo,
+                  unit_hi, scratch, unit_counts, unit_firsts, unit_seconds):
     """Block states of units unit_lo..unit_hi-1 (unit = group * blocks + block index), their lane
     states computed with groups of one small block each side by side in the vector lanes
     (``small_groups`` True, ``block_by_block`` None) or block by block (the other way round;
-    ``partial_chunks`` and ``partial_sweeps``, True or None: block_lanes)."""
+    ``ragged``, True or None: block_lanes)."""
     # borrowed: the caller keeps every array alive (simd.borrowed)
     x4, centers, scratch = simd.borrowed(x4), simd.borrowed(centers), simd.borrowed_tuple(scratch)
     unit_counts, unit_firsts = simd.borrowed(unit_counts), simd.borrowed(unit_firsts)
@@ -323,8 +322,7 @@ def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, 
                 start = b * block
                 block_lanes(ctx, x4, k1, k2, start, start + length, centers[k1, k2], lanes,
                             scratch.member_counts[w], scratch.member_firsts[w],
-                            scratch.member_seconds[w], scratch.gathered, partial_chunks,
-                            partial_sweeps)
+                            scratch.member_seconds[w], scratch.gathered, ragged)
                 b += 1
                 if b == blocks:
                     b = 0
@@ -352,9 +350,8 @@ def segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, 
 
 
 @cache.cached(nogil=True)
-def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_block,
-                     partial_chunks, partial_sweeps, group_lo, group_hi, scratch, unit_counts,
-                     unit_firsts, unit_seconds):
+def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_block, ragged,
+                     group_lo, group_hi, scratch, unit_counts, unit_firsts, unit_seconds):
     """Both passes of groups group_lo..group_hi-1, a few groups at a time (about FUSED_BYTES of
     input): pass 2 re-reads them right after pass 1, from cache wherever they fit. ``centers``
     must hold zeros for these groups (pass 1 is centered on them); it ends with the pass-1
@@ -365,9 +362,9 @@ def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_bloc
     step = simd.larger(1, FUSED_BYTES // (size * x4.itemsize))
     for chunk_lo in range(group_lo, group_hi, step):
         chunk_hi = simd.smaller(chunk_lo + step, group_hi)
-        segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block,
-                      partial_chunks, partial_sweeps, chunk_lo * blocks, chunk_hi * blocks,
-                      scratch, unit_counts, unit_firsts, unit_seconds)
+        segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, ragged,
+                      chunk_lo * blocks, chunk_hi * blocks, scratch, unit_counts, unit_firsts,
+                      unit_seconds)
         for group in range(chunk_lo, chunk_hi):
             k1 = group // kept_inner
             k2 = group - k1 * kept_inner
@@ -377,6 +374,6 @@ def segment_two_pass(ctx, x4, centers, lanes, block, small_groups, block_by_bloc
                              unit_seconds[first_unit:], blocks)
             centers[k1, k2] = algorithms.pass_one_mean(ctx, unit_counts[first_unit],
                                                        unit_firsts[first_unit])
-        segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block,
-                      partial_chunks, partial_sweeps, chunk_lo * blocks, chunk_hi * blocks,
-                      scratch, unit_counts, unit_firsts, unit_seconds)
+        segment_units(ctx, x4, centers, lanes, block, small_groups, block_by_block, ragged,
+                      chunk_lo * blocks, chunk_hi * blocks, scratch, unit_counts, unit_firsts,
+                      unit_seconds)
