@@ -259,7 +259,10 @@ def with_peer_ratios(tables):
 
 #: the first calls measured in a fresh process: one per way the CPU kernels compile (the segments
 #: kernel block by block or with small groups side by side, the rows kernel), float32, welford;
-#: (what the report calls it, the statement after ``import numpy as np, numerics``)
+#: then the two that compile the most: runs gathered into whole chunks with the block tree, and
+#: both passes of a two-pass rule fused (a kernel that links the unit kernel and optimizes it
+#: again, docs/architecture.md 2.7); (what the report calls it, the statement after
+#: ``import numpy as np, numerics``)
 FIRST_CALLS = {
     "group_blocks": ("GroupNorm (8, 64, 16, 16), G = 32 (segments kernel, block by block)",
                      "numerics.moments(np.ones((8, 64, 16, 16), np.float32), 'group', groups=32)"),
@@ -270,6 +273,12 @@ FIRST_CALLS = {
     "batch_channels_last": ("BatchNorm (8, 28, 28, 64), channels last (rows kernel)",
                             "numerics.moments(np.ones((8, 28, 28, 64), np.float32), 'batch', "
                             "layout='NHWC')"),
+    "batch_gathered": ("BatchNorm (32, 64, 28, 28), channels first (segments kernel, short runs "
+                       "gathered, several blocks a group)",
+                       "numerics.moments(np.ones((32, 64, 28, 28), np.float32), 'batch')"),
+    "group_two_pass": ("GroupNorm (8, 64, 16, 16), G = 32, two_pass (both passes fused)",
+                       "numerics.moments(np.ones((8, 64, 16, 16), np.float32), 'group', groups=32, "
+                       "algorithm='two_pass')"),
 }
 
 
