@@ -261,7 +261,7 @@ def with_peer_ratios(tables):
 #: kernel block by block or with small groups side by side, the rows kernel), float32, welford;
 #: then the two that compile the most: runs gathered into whole chunks with the block tree, and
 #: both passes of a two-pass rule fused (a kernel that links the unit kernel and optimizes it
-#: again, docs/architecture.md 2.7); (what the report calls it, the statement after
+#: again, docs/architecture.md 2.7). Each: (what the report calls it, the statement after
 #: ``import numpy as np, numerics``)
 FIRST_CALLS = {
     "group_blocks": ("GroupNorm (8, 64, 16, 16), G = 32 (segments kernel, block by block)",
