@@ -333,7 +333,7 @@ class CpuTarget:
     def pass_one_means(self, centers):
         geometry = self.geometry
         cache.call(finish.pass_one_means, geometry.finish_key, geometry.finish_ctx,
-                   geometry.blocks, geometry.block_tree, *self.states, centers)
+                   geometry.blocks, geometry.block_tree, *self.states, centers.reshape(-1))
         return centers
 
     def finalize(self, algorithm, centers, ddof):
@@ -341,8 +341,8 @@ class CpuTarget:
         means = np.empty(geometry.view.group_count, geometry.compute_type)
         variances = np.empty(geometry.view.group_count, geometry.compute_type)
         cache.call(finish.finalize_all, geometry.finish_key, geometry.finish_ctx, algorithm,
-                   geometry.blocks, geometry.block_tree, *self.states, centers, means,
-                   variances, ddof)
+                   geometry.blocks, geometry.block_tree, *self.states, centers.reshape(-1),
+                   means, variances, ddof)
         return means, variances
 
 

@@ -4,7 +4,8 @@ merged by the block tree, then turned into the pass-one mean or finalized.
 ``block_tree`` is True where groups have several blocks and None where each group is one block:
 numba removes the branch on a None argument before it types the function, so a kernel of
 one-block groups compiles no block tree (a quarter of a second of a first call's compilation,
-docs/architecture.md 2.7)."""
+docs/architecture.md 2.7). ``centers`` is flat, group by group: the caller passes a view, since
+numba's ``reshape`` would compile a function of its own (docs/architecture.md 2.7)."""
 from .. import algorithms, cache
 from ..topology import merge_blocks
 
@@ -18,23 +19,21 @@ def first_elements(ctx, x4, centers):
 
 @cache.cached()
 def pass_one_means(ctx, blocks, block_tree, unit_counts, unit_firsts, unit_seconds, centers):
-    flat = centers.reshape(-1)
-    for group in range(flat.shape[0]):
+    for group in range(centers.shape[0]):
         unit = group * blocks
         if block_tree is not None:
             merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
-        flat[group] = algorithms.pass_one_mean(ctx, unit_counts[unit], unit_firsts[unit])
+        centers[group] = algorithms.pass_one_mean(ctx, unit_counts[unit], unit_firsts[unit])
 
 
 @cache.cached()
 def finalize_all(ctx, algorithm, blocks, block_tree, unit_counts, unit_firsts, unit_seconds,
                  centers, means, variances, ddof):
-    flat_centers = centers.reshape(-1)
     for group in range(means.shape[0]):
         unit = group * blocks
         if block_tree is not None:
             merge_blocks(ctx, unit_counts[unit:], unit_firsts[unit:], unit_seconds[unit:], blocks)
         means[group], variances[group] = algorithms.finalize(ctx, algorithm, unit_counts[unit],
-                                                             flat_centers[group],
+                                                             centers[group],
                                                              unit_firsts[unit],
                                                              unit_seconds[unit], ddof)
