@@ -331,9 +331,12 @@ class CpuTarget:
         return centers
 
     def pass_one_means(self, centers):
+        # the kernel writes the means through a flat view (numerics.cpu.finish): copy=False
+        # raises rather than let them go to a copy
         geometry = self.geometry
         cache.call(finish.pass_one_means, geometry.finish_key, geometry.finish_ctx,
-                   geometry.blocks, geometry.block_tree, *self.states, centers.reshape(-1))
+                   geometry.blocks, geometry.block_tree, *self.states,
+                   centers.reshape(-1, copy=False))
         return centers
 
     def finalize(self, algorithm, centers, ddof):
@@ -341,8 +344,8 @@ class CpuTarget:
         means = np.empty(geometry.view.group_count, geometry.compute_type)
         variances = np.empty(geometry.view.group_count, geometry.compute_type)
         cache.call(finish.finalize_all, geometry.finish_key, geometry.finish_ctx, algorithm,
-                   geometry.blocks, geometry.block_tree, *self.states, centers.reshape(-1),
-                   means, variances, ddof)
+                   geometry.blocks, geometry.block_tree, *self.states,
+                   centers.reshape(-1, copy=False), means, variances, ddof)
         return means, variances
 
 
