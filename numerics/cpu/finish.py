@@ -4,8 +4,9 @@ merged by the block tree, then turned into the pass-one mean or finalized.
 ``block_tree`` is True where groups have several blocks and None where each group is one block:
 numba removes the branch on a None argument before it types the function, so a kernel of
 one-block groups compiles no block tree (a quarter of a second of a first call's compilation,
-docs/architecture.md 2.7). ``centers`` is flat, group by group: the caller passes a view, since
-numba's ``reshape`` would compile a function of its own (docs/architecture.md 2.7)."""
+docs/architecture.md 2.7). ``pass_one_means`` and ``finalize_all`` take the centers flat, group
+by group (the caller passes a view), since numba's ``reshape`` would compile a function of its own
+(docs/architecture.md 2.7); ``first_elements`` fills them as (kept_outer, kept_inner)."""
 from .. import algorithms, cache
 from ..topology import merge_blocks
 
