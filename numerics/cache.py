@@ -129,6 +129,12 @@ def specialization_lock(kernel, key):
     return locked_file(f"specialization-{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock")
 
 
+def loaded(kernel, key):
+    """Whether ``call`` has run the specialization ``key`` of ``kernel`` in this process: the
+    next call runs its machine code and nothing else."""
+    return (kernel, key) in _CALLED
+
+
 def call(kernel, key, *arguments):
     """``kernel(*arguments)``. ``key`` names the specialization those arguments select (what
     their numba types depend on); the first call with a key in this process, which loads the

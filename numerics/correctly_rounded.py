@@ -298,7 +298,7 @@ def item_depth(reduced_inner):
 
 @functools.lru_cache(maxsize=64)
 def measured_work(shape, dtype):
-    """The work the last fast-sums call on this shape and dtype measured (numerics.cpu)."""
+    """The work the fast-sums calls on this shape and dtype measured (numerics.cpu)."""
     return cpu.MeasuredWork()
 
 
@@ -306,7 +306,7 @@ def cpu_fast_sums(x4):
     """(shifts, Σd, Σd², depth, threads) per group over a float32/float64 canonical view
     (C-contiguous): d = x − the group's first element, depth the summation depth of the sums.
     Work items are fixed by the shape and cut among the threads by numerics.cpu.run_split, so the
-    sums are the same bits on any thread count; the threads are as many as the last call on this
+    sums are the same bits on any thread count; the threads are as many as the calls on this
     shape measured work for, as in the other rules (numerics.cpu.MeasuredWork)."""
     kept_outer, reduced_outer, kept_inner, reduced_inner = x4.shape
     groups = kept_outer * kept_inner
@@ -326,8 +326,8 @@ def cpu_fast_sums(x4):
         leading = (x4, shifts, parts)
         scratches = [np.empty(0) for _ in range(threads)]
     first_sums, second_sums = np.empty((parts, groups)), np.empty((parts, groups))
-    threads, record.work_seconds = cpu.run_split(kernel, key, items, leading, scratches,
-                                                 (first_sums, second_sums))
+    threads, work = cpu.run_split(kernel, key, items, leading, scratches, (first_sums, second_sums))
+    record.measured(work)
     depth = item_depth(reduced_inner) + tree_depth(parts)
     return (shifts, cache.call(pairwise_totals, "totals", first_sums),
             cache.call(pairwise_totals, "totals", second_sums), depth, threads)

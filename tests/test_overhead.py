@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numerics
-from numerics import cpu
+from numerics import cache, cpu
 from tests.helpers import assert_bitwise_equal
 
 RNG = np.random.default_rng(12)
@@ -76,12 +76,14 @@ def test_threads_follow_the_input_size_first_then_the_measured_work(monkeypatch)
     per THREAD_WORK_SECONDS of the work the previous call measured; the bits never change."""
     case = CASES[-1]
     small, large = (8, 64, 8, 8), case[0]
+    x_small, x_large = inputs(small, 1)[0], inputs(large, 1)[0]
+    assert x_small.nbytes < cpu.THREADED_BYTES <= x_large.nbytes
+    # the kernels loaded once in this process: a call that loads one measures no work
+    call(x_small, (small, *case[1:])), call(x_large, case)
     previous = numba.get_num_threads()
     cpu.geometry_of.cache_clear()
     try:
         numba.set_num_threads(2)
-        x_small, x_large = inputs(small, 1)[0], inputs(large, 1)[0]
-        assert x_small.nbytes < cpu.THREADED_BYTES <= x_large.nbytes
         assert dict(call(x_small, (small, *case[1:])).run.details)["threads"] == 1
         first = call(x_large, case)
         assert dict(first.run.details)["threads"] == 2
@@ -96,6 +98,48 @@ def test_threads_follow_the_input_size_first_then_the_measured_work(monkeypatch)
     for result in (light, heavy):
         assert_bitwise_equal(result.mean, first.mean)
         assert_bitwise_equal(result.var, first.var)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_a_call_that_loads_or_compiles_a_kernel_measures_no_work(monkeypatch):
+    """The seconds of a call that loaded or compiled its kernels are a build's, not the work's:
+    the calls after it still thread by input size, until a call measures the work."""
+    case = CASES[0]
+    x = inputs(case[0], 1)[0]
+    assert x.nbytes < cpu.THREADED_BYTES
+    call(x, case)  # its kernels, loaded once in this process
+    cpu.geometry_of.cache_clear()
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e-12)  # any measured work pays 2
+        with monkeypatch.context() as every_call_first:
+            every_call_first.setattr(cache, "loaded", lambda kernel, key: False)
+            unmeasured = [call(x, case) for _ in range(2)]
+        measuring, measured = call(x, case), call(x, case)
+    finally:
+        numba.set_num_threads(previous)
+    assert [dict(result.run.details)["threads"] for result in unmeasured] == [1, 1]
+    assert dict(measuring.run.details)["threads"] == 1
+    assert dict(measured.run.details)["threads"] == 2
+    assert_bitwise_equal(measured.var, measuring.var)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_the_least_measured_work_sets_the_threads(monkeypatch):
+    """A kind of call has a fixed work: a slower call (preempted, waiting for a core) must not
+    wake a thread more for the calls after it."""
+    monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1.0)
+    record, previous = cpu.MeasuredWork(), numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        threads = []
+        for seconds in (None, 2.5, 1.5, 9.0, None):
+            record.measured(seconds)
+            threads.append(record.threads_for(0))
+    finally:
+        numba.set_num_threads(previous)
+    assert threads == [1, 2, 1, 1, 1]
 
 
 def test_python_threads_calling_at_once_get_their_own_results():
@@ -147,7 +191,9 @@ def test_unhashable_arguments_are_checked_uncached():
         numerics.moments(x, "group", groups=[2])
 
 
-def test_repeated_calls_share_one_run_record():
+def test_repeated_calls_share_one_run_record(monkeypatch):
+    # one thread whatever the calls measure: the record is the subject here, not the threads
+    monkeypatch.setattr(cpu, "THREAD_WORK_SECONDS", 1e3)
     x = inputs((8, 768), 1)[0]
     first, second = numerics.moments(x, "layer"), numerics.moments(x, "layer")
     assert second.run is first.run

@@ -30,9 +30,9 @@ A call's fixed cost is kept small for small tensors: what the view, rule, topolo
 decide is computed once (``Geometry``), each call borrows the work arrays a finished call gave
 back, and the contexts carry their numba types (numerics.targets), so a kernel call types its
 arguments in C. Threads cost a call a wake-up of each and of the caller at the end, tens of
-microseconds each, so a call uses only as many threads as its work pays for: the first call on a
-geometry threads from THREADED_BYTES of input on, later ones give each thread at least
-THREAD_WORK_SECONDS of the work the previous call's kernels measured (``MeasuredWork``).
+microseconds each, so a call uses only as many threads as its work pays for: until a call on a
+geometry has measured its kernels' work, calls thread from THREADED_BYTES of input on; then each
+thread gets at least THREAD_WORK_SECONDS of the least work a call measured (``MeasuredWork``).
 Which thread runs what never changes a result, so this choice changes only the time.
 """
 import functools
@@ -54,7 +54,7 @@ from .scratch import (GATHERED_CHUNKS, GATHERED_RUN_CHUNKS, SMALL_GROUP_CHUNKS, 
 #: (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
 #: later calls give each thread at least this much of the kernels' work (seconds of kernel time
-#: summed over the threads of the previous call): waking a pool thread and waking the caller when
+#: summed over the threads, the least a call measured): waking a pool thread and waking the caller when
 #: it is done cost 50-90 us a call on the 2-core machine (docs/architecture.md section 2.8)
 THREAD_WORK_SECONDS = 150e-6
 #: unit states up to this many bytes are kept for the next call of the same geometry; larger ones
@@ -84,14 +84,22 @@ def worker_pool(workers):
 
 
 class MeasuredWork:
-    """The seconds of kernel work the last finished call of one kind took, summed over its
-    threads (None before the first), which sets how many threads the next one runs on."""
+    """The seconds of kernel work a call of one kind takes, summed over its threads (None before
+    one is measured), which sets how many threads the next one runs on: the least any call
+    measured. The kind fixes the work, and what the clock adds to it (a preemption, a page
+    fault, a thread waiting for a core) is no part of it: one slow call must not wake every
+    thread for the calls after it. A call that loaded or compiled a kernel measured no work."""
     work_seconds = None
 
+    def measured(self, seconds):
+        """Takes a call's work: its seconds, or None where it loaded or compiled a kernel."""
+        if seconds and (self.work_seconds is None or seconds < self.work_seconds):
+            self.work_seconds = seconds
+
     def threads_for(self, nbytes):
-        """How many threads a call on ``nbytes`` of input runs on: all of numba's where a first
-        call reaches THREADED_BYTES, then one per THREAD_WORK_SECONDS of the last call's measured
-        work, at most numba's thread count."""
+        """How many threads a call on ``nbytes`` of input runs on: all of numba's from
+        THREADED_BYTES on until a call has measured the work, then one per THREAD_WORK_SECONDS
+        of it, at most numba's thread count."""
         if self.work_seconds is None:
             return numba.get_num_threads() if nbytes >= THREADED_BYTES else 1
         paid_for = int(self.work_seconds / THREAD_WORK_SECONDS)
@@ -104,7 +112,8 @@ def run_split(kernel, key, items, leading, scratches, outputs):
     first range, the pool the others (the kernels release the GIL). Which thread runs which range
     never changes a result: every unit's state is computed and stored on its own. ``key`` names
     the specialization (numerics.cache.call). Returns how many threads ran and the seconds their
-    kernels took, summed (the call's work, less the dispatch)."""
+    kernels took, summed (the call's work, less the dispatch), or None for the seconds where a
+    thread loaded or compiled the kernel first (``timed_call``)."""
     threads = max(1, min(len(scratches), items))
     bounds = [items * t // threads for t in range(threads + 1)]
     futures = ([] if threads == 1 else
@@ -112,17 +121,19 @@ def run_split(kernel, key, items, leading, scratches, outputs):
                                                 bounds[t + 1], scratches[t], *outputs)
                 for t in range(1, threads)])
     try:
-        work = timed_call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)
+        work = [timed_call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)]
     finally:
-        pool_work = [future.result() for future in futures]
-    return threads, work + sum(pool_work)
+        work += [future.result() for future in futures]
+    return threads, None if None in work else sum(work)
 
 
 def timed_call(kernel, key, *arguments):
-    """Seconds that ``cache.call(kernel, key, *arguments)`` took."""
+    """Seconds that ``cache.call(kernel, key, *arguments)`` took, or None where that call loaded
+    or compiled the kernel first: the seconds of a build are no measure of the work."""
+    measurable = cache.loaded(kernel, key)
     begin = time.perf_counter()
     cache.call(kernel, key, *arguments)
-    return time.perf_counter() - begin
+    return time.perf_counter() - begin if measurable else None
 
 
 def pushes_parts_of_chunks(view, lanes, block, blocks, gathers):
@@ -150,8 +161,8 @@ class Geometry(MeasuredWork):
     """What every call on one canonical view with one rule, topology and pair of formats shares:
     the kernel and its contexts, how the view is cut into units, and the work arrays (scratch,
     unit states) of finished calls, lent to the next ones: one call's at a time, so results never
-    alias between calls or threads (numerics.cpu.geometry_of); and the work its last call
-    measured (MeasuredWork)."""
+    alias between calls or threads (numerics.cpu.geometry_of); and the work its calls measured
+    (MeasuredWork)."""
 
     def __init__(self, view, rule, topology, input_format, acc_format):
         self.rule, self.view, self.kernel = rule, view, kernel_for(view, topology)
@@ -278,11 +289,10 @@ class CpuTarget:
         # what the specialization of a unit or two-pass kernel depends on: the geometry's
         # contexts and paths, the data's type
         self.kernel_key = geometry.kernel_key + (self.data.dtype.str, self.data.flags.writeable)
-        self.ran, self.fused, self.work = 1, False, 0.0
+        # the work each kernel run measured (run_split)
+        self.ran, self.fused, self.work = 1, False, []
 
     def release(self):
-        if self.work:
-            self.geometry.work_seconds = self.work
         self.geometry.give_back(self.scratches, self.states)
 
     def zero_centers(self):
@@ -311,7 +321,8 @@ class CpuTarget:
         ran, work = run_split(geometry.units_kernel, self.kernel_key, geometry.units,
                               self.leading_arguments(centers), self.scratches[:self.threads],
                               self.states)
-        self.ran, self.work = max(self.ran, ran), self.work + work
+        self.ran = max(self.ran, ran)
+        self.work.append(work)
 
     def both_passes(self, centers):
         """Both passes fused when every thread can own whole groups (slices): pass 2 re-reads a
@@ -326,7 +337,7 @@ class CpuTarget:
         self.ran, work = run_split(geometry.two_pass_kernel, self.kernel_key, owners,
                                    self.leading_arguments(centers), self.scratches[:threads],
                                    self.states)
-        self.work += work
+        self.work.append(work)
         self.fused = True
         return centers
 
@@ -360,6 +371,8 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
         means, variances = plan.run(geometry.rule, target, ddof)
     finally:
         target.release()
+    # a finished call's work only: a failed one stopped short of it
+    geometry.measured(None if None in target.work else sum(target.work))
     return means, variances, geometry.kernel, (("threads", target.ran),
                                                ("fused_two_pass", target.fused))
 
