@@ -72,14 +72,16 @@ def test_threaded_tensor_uses_the_pool_and_matches_one_thread(monkeypatch):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
 def test_threads_follow_the_input_size_first_then_the_measured_work(monkeypatch):
-    """The first call on a geometry threads from THREADED_BYTES on; later calls run one thread
-    per THREAD_WORK_SECONDS of the work the previous call measured; the bits never change."""
+    """Calls on a geometry thread from THREADED_BYTES on until one has measured the work; later
+    calls run one thread per THREAD_WORK_SECONDS of the least work measured; the bits never
+    change."""
     case = CASES[-1]
     small, large = (8, 64, 8, 8), case[0]
     x_small, x_large = inputs(small, 1)[0], inputs(large, 1)[0]
     assert x_small.nbytes < cpu.THREADED_BYTES <= x_large.nbytes
     # the kernels loaded once in this process: a call that loads one measures no work
-    call(x_small, (small, *case[1:])), call(x_large, case)
+    call(x_small, (small, *case[1:]))
+    call(x_large, case)
     previous = numba.get_num_threads()
     cpu.geometry_of.cache_clear()
     try:
@@ -134,8 +136,8 @@ def test_the_least_measured_work_sets_the_threads(monkeypatch):
     try:
         numba.set_num_threads(2)
         threads = []
-        for seconds in (None, 2.5, 1.5, 9.0, None):
-            record.measured(seconds)
+        for parts in ([None], [2.0, 0.5], [1.5], [9.0], [0.5, None]):
+            record.measured(parts)
             threads.append(record.threads_for(0))
     finally:
         numba.set_num_threads(previous)

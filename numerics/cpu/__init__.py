@@ -91,9 +91,13 @@ class MeasuredWork:
     thread for the calls after it. A call that loaded or compiled a kernel measured no work."""
     work_seconds = None
 
-    def measured(self, seconds):
-        """Takes a call's work: its seconds, or None where it loaded or compiled a kernel."""
-        if seconds and (self.work_seconds is None or seconds < self.work_seconds):
+    def measured(self, parts):
+        """Takes a finished call's work: the seconds of each kernel run on each thread
+        (run_split), None for a run that loaded or compiled its kernel."""
+        if not parts or None in parts:
+            return
+        seconds = sum(parts)
+        if self.work_seconds is None or seconds < self.work_seconds:
             self.work_seconds = seconds
 
     def threads_for(self, nbytes):
@@ -111,9 +115,9 @@ def run_split(kernel, key, items, leading, scratches, outputs):
     ``len(scratches)`` contiguous ranges, one per thread with its own scratch: this thread runs the
     first range, the pool the others (the kernels release the GIL). Which thread runs which range
     never changes a result: every unit's state is computed and stored on its own. ``key`` names
-    the specialization (numerics.cache.call). Returns how many threads ran and the seconds their
-    kernels took, summed (the call's work, less the dispatch), or None for the seconds where a
-    thread loaded or compiled the kernel first (``timed_call``)."""
+    the specialization (numerics.cache.call). Returns how many threads ran and the seconds each
+    one's kernel took (the call's work, less the dispatch), None where a thread loaded or
+    compiled the kernel first (``timed_call``)."""
     threads = max(1, min(len(scratches), items))
     bounds = [items * t // threads for t in range(threads + 1)]
     futures = ([] if threads == 1 else
@@ -124,7 +128,7 @@ def run_split(kernel, key, items, leading, scratches, outputs):
         work = [timed_call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)]
     finally:
         work += [future.result() for future in futures]
-    return threads, None if None in work else sum(work)
+    return threads, work
 
 
 def timed_call(kernel, key, *arguments):
@@ -289,7 +293,7 @@ class CpuTarget:
         # what the specialization of a unit or two-pass kernel depends on: the geometry's
         # contexts and paths, the data's type
         self.kernel_key = geometry.kernel_key + (self.data.dtype.str, self.data.flags.writeable)
-        # the work each kernel run measured (run_split)
+        # the seconds of each kernel run on each thread (run_split)
         self.ran, self.fused, self.work = 1, False, []
 
     def release(self):
@@ -322,7 +326,7 @@ class CpuTarget:
                               self.leading_arguments(centers), self.scratches[:self.threads],
                               self.states)
         self.ran = max(self.ran, ran)
-        self.work.append(work)
+        self.work += work
 
     def both_passes(self, centers):
         """Both passes fused when every thread can own whole groups (slices): pass 2 re-reads a
@@ -337,7 +341,7 @@ class CpuTarget:
         self.ran, work = run_split(geometry.two_pass_kernel, self.kernel_key, owners,
                                    self.leading_arguments(centers), self.scratches[:threads],
                                    self.states)
-        self.work.append(work)
+        self.work += work
         self.fused = True
         return centers
 
@@ -372,7 +376,7 @@ def moments(x4, view, algorithm, topology, ddof, input_format, acc_format):
     finally:
         target.release()
     # a finished call's work only: a failed one stopped short of it
-    geometry.measured(None if None in target.work else sum(target.work))
+    geometry.measured(target.work)
     return means, variances, geometry.kernel, (("threads", target.ran),
                                                ("fused_two_pass", target.fused))
 
