@@ -144,6 +144,23 @@ def test_the_least_measured_work_sets_the_threads(monkeypatch):
     assert threads == [1, 2, 1, 1, 1]
 
 
+def test_a_failing_kernel_run_raises_its_own_error_once_the_pool_is_done(monkeypatch):
+    """run_split waits for the pool's ranges before an error of its own range propagates, and
+    that error is the one the caller sees."""
+    pool_ranges = []
+
+    def failing_first_range(kernel, key, lo, hi, scratch):
+        if lo == 0:
+            raise ValueError("the first range failed")
+        pool_ranges.append((lo, hi))
+        return 1.0
+
+    monkeypatch.setattr(cpu, "timed_call", failing_first_range)
+    with pytest.raises(ValueError, match="the first range failed"):
+        cpu.run_split(None, "key", 4, (), [None, None], ())
+    assert pool_ranges == [(2, 4)]
+
+
 def test_python_threads_calling_at_once_get_their_own_results():
     """Four Python threads call moments at the same time, on the same geometries (so they compete
     for the same kept work arrays) and on different data: each result equals the serial one."""

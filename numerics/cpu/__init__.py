@@ -54,8 +54,8 @@ from .scratch import (GATHERED_CHUNKS, GATHERED_RUN_CHUNKS, SMALL_GROUP_CHUNKS, 
 #: (dispatch costs more than it saves)
 THREADED_BYTES = 1 << 20
 #: later calls give each thread at least this much of the kernels' work (seconds of kernel time
-#: summed over the threads, the least a call measured): waking a pool thread and waking the caller when
-#: it is done cost 50-90 us a call on the 2-core machine (docs/architecture.md section 2.8)
+#: summed over the threads, the least a call measured): waking a pool thread and waking the
+#: caller when it is done cost 50-90 us a call on the 2-core machine (docs/architecture.md 2.8)
 THREAD_WORK_SECONDS = 150e-6
 #: unit states up to this many bytes are kept for the next call of the same geometry; larger ones
 #: (as many states as elements when groups are tiny) are allocated per call
@@ -125,10 +125,11 @@ def run_split(kernel, key, items, leading, scratches, outputs):
                                                 bounds[t + 1], scratches[t], *outputs)
                 for t in range(1, threads)])
     try:
-        work = [timed_call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)]
+        own_work = timed_call(kernel, key, *leading, bounds[0], bounds[1], scratches[0], *outputs)
     finally:
-        work += [future.result() for future in futures]
-    return threads, work
+        # the pool's ranges finish before this thread's error, if any, propagates
+        pool_work = [future.result() for future in futures]
+    return threads, [own_work] + pool_work
 
 
 def timed_call(kernel, key, *arguments):
